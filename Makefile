@@ -1,0 +1,55 @@
+# yolov5face: `make serve` starts the server, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+EXTRAS ?= cpu,export,serve,bench,dev
+STAMP := $(VENV)/.installed-$(shell echo $(EXTRAS) | tr ',' '-')
+
+.PHONY: help venv install test test-fast serve archive bench lint format clean
+
+help:
+	@echo "make serve    install, build model-store/fd1.mar, start TorchServe (foreground)"
+	@echo "make test     install test dependencies and run the whole test suite"
+	@echo "make archive  (re)build model-store/fd1.mar when its inputs changed"
+	@echo "make bench    regenerate docs/benchmarks.md and its plots"
+	@echo "make lint     ruff check + format check"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first, pinned: the CPU build (an unpinned torch pulls GBs of CUDA packages).
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+venv install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not server"
+
+archive: $(STAMP)
+	$(VENV)/bin/yolov5face archive
+
+serve: $(STAMP)
+	$(VENV)/bin/yolov5face serve
+
+bench: $(STAMP)
+	$(VENV)/bin/yolov5face bench report --out docs/benchmarks.md
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check yolov5face torchserve tests
+	$(VENV)/bin/ruff format --check yolov5face torchserve tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format yolov5face torchserve tests
+	$(VENV)/bin/ruff check --fix yolov5face torchserve tests
+
+clean:
+	rm -rf model-store logs build *.egg-info .pytest_cache

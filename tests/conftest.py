@@ -1,0 +1,73 @@
+"""Shared fixtures: the shared assets (weights, images, goldens) and one detector per backend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from yolov5face.paths import shared_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared() -> Path:
+    path = shared_dir()
+    if path is None or not path.is_dir():
+        pytest.fail(
+            "shared assets not found: set YOLOV5FACE_DATA to the shared/ folder "
+            "(images, golden, widerface) — see README.md"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return _shared()
+
+
+@pytest.fixture(scope="session")
+def weights() -> Path:
+    env = os.environ.get("YOLOV5FACE_WEIGHTS")
+    path = Path(env) if env else _shared() / "weights" / "yolov5n-0.5.pt"
+    if not path.is_file():
+        pytest.fail(f"weights not found at {path}: set YOLOV5FACE_WEIGHTS (see weights/README.md)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def images(shared: Path) -> Path:
+    return shared / "images"
+
+
+@pytest.fixture(scope="session")
+def golden_names(shared: Path) -> list[str]:
+    names = sorted(p.name[: -len(".json")] for p in (shared / "golden" / "seed320").glob("*.json"))
+    assert names, "no golden files found"
+    return names
+
+
+@pytest.fixture(scope="session")
+def onnx_model(weights: Path, tmp_path_factory) -> Path:
+    from yolov5face.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(weights, out, img_size=320)
+    return out
+
+
+@pytest.fixture(scope="session")
+def detectors(weights: Path, onnx_model: Path) -> dict:
+    """One Detector per CPU backend (every CPU backend must meet the golden parity)."""
+    from yolov5face.detector import Detector
+
+    return {
+        "torch": Detector(weights, backend="torch", threads=2),
+        "onnxruntime": Detector(onnx_model, backend="onnxruntime", threads=2),
+    }
+
+
+@pytest.fixture(scope="session")
+def detector(detectors: dict):
+    return detectors["onnxruntime"]

@@ -1,0 +1,63 @@
+"""Golden parity: every CPU backend reproduces the reference serving outputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from yolov5face.compare import compare_faces
+from yolov5face.imagedecode import ImageError
+
+BACKENDS = ["torch", "onnxruntime"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_golden_parity(backend, detectors, images, shared, golden_names):
+    detector = detectors[backend]
+    blobs = [(images / name).read_bytes() for name in golden_names]
+    results = detector.detect(blobs)  # one mixed-size batch
+    for name, faces in zip(golden_names, results):
+        golden = json.loads((shared / "golden" / "seed320" / f"{name}.json").read_text())
+        assert compare_faces(golden, faces) == [], name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_equals_single(backend, detectors, images, golden_names):
+    detector = detectors[backend]
+    blobs = [(images / name).read_bytes() for name in golden_names]
+    together = detector.detect(blobs)
+    alone = [detector.detect([b])[0] for b in blobs]
+    for a, b in zip(together, alone):
+        assert compare_faces(a, b) == []
+
+
+def test_bad_images_do_not_disturb_batch_mates(detector, images):
+    good = (images / "zidane.jpg").read_bytes()
+    batch = [
+        b"",
+        good,
+        b"garbage!!",
+        good[: len(good) // 2],
+        (images / "bad_image.jpg").read_bytes(),
+    ]
+    results = detector.detect(batch)
+    expected = detector.detect([good])[0]
+    assert [isinstance(r, ImageError) for r in results] == [True, False, True, True, True]
+    assert compare_faces(expected, results[1]) == []
+    assert all(r.status == 400 and str(r) for r in results if isinstance(r, ImageError))
+
+
+def test_timings_cover_every_stage(detector, images):
+    timings: dict = {}
+    detector.detect([(images / "zidane.jpg").read_bytes()], timings)
+    assert set(timings) == {"decode", "preprocess", "infer", "postprocess"}
+    assert all(v > 0 for v in timings.values())
+
+
+def test_tiny_and_odd_images_get_answers(detector):
+    import cv2
+
+    for h, w in [(1, 1), (3, 7), (321, 319), (33, 2000)]:
+        data = cv2.imencode(".png", np.full((h, w, 3), 90, np.uint8))[1].tobytes()
+        (faces,) = detector.detect([data])
+        assert faces == []

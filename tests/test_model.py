@@ -1,0 +1,56 @@
+"""Own model definitions: configs, parameter counts, dynamic batch under tracing."""
+
+import pytest
+import torch
+
+from yolov5face.configs import CONFIGS, get_config
+from yolov5face.model import YoloFace, channel_shuffle
+
+# Published parameter counts of the yolov5-face models.
+PARAMS = {
+    "yolov5n-0.5": 447_456,
+    "yolov5n": 1_725_744,
+    "yolov5s": 7_074_640,
+    "yolov5m": 21_063_024,
+    "yolov5l": 46_626_832,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_configs_build_with_published_sizes(name):
+    model = YoloFace(get_config(name)).eval()
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 16)
+
+
+def test_unknown_config_is_refused():
+    with pytest.raises(ValueError, match="unknown model"):
+        get_config("yolov9")
+
+
+def test_channel_shuffle_interleaves_groups():
+    x = torch.arange(6.0).view(1, 6, 1, 1)
+    assert channel_shuffle(x, 2).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+
+
+def test_trace_keeps_batch_dynamic():
+    model = YoloFace(get_config("yolov5n-0.5")).eval().fuse()
+    with torch.inference_mode():
+        traced = torch.jit.trace(model, torch.rand(2, 3, 64, 64))
+        x = torch.rand(5, 3, 64, 64)
+        assert torch.allclose(traced(x), model(x), atol=1e-5)
+
+
+def test_fuse_keeps_outputs():
+    torch.manual_seed(0)
+    model = YoloFace(get_config("yolov5n-0.5")).eval()
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x)
+        assert torch.allclose(model.fuse()(x), ref, atol=1e-4)

@@ -1,0 +1,122 @@
+"""Decoding and letterboxing follow the serving convention; bad inputs are refused clearly."""
+
+import io
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from yolov5face.imagedecode import ImageError, decode_image, image_size
+from yolov5face.letterbox import letterbox_batch, resized_shape
+
+
+@pytest.mark.parametrize(
+    ("h0", "w0", "expected"),
+    [
+        (616, 616, (318, 320)),  # square: width branch, float rounding gives 318
+        (366, 488, (238, 320)),  # 488x366 -> 320x238
+        (720, 1280, (180, 320)),
+        (1150, 2048, (178, 320)),
+        (2059, 1879, (320, 292)),  # portrait: height is the long side
+        (200, 100, (200, 100)),  # never upscaled
+        (320, 320, (320, 320)),
+        (1, 5000, (1, 320)),  # degenerate strip keeps at least one row
+    ],
+)
+def test_resized_shape(h0, w0, expected):
+    assert resized_shape(h0, w0, 320) == expected
+
+
+def test_letterbox_geometry_and_padding():
+    rng = np.random.default_rng(0)
+    odd = rng.integers(0, 255, (57, 101, 3), np.uint8)  # odd sides, smaller than the input
+    big = rng.integers(0, 255, (720, 1280, 3), np.uint8)
+    batch, geo = letterbox_batch([odd, big], 320)
+    assert batch.shape == (2, 3, 320, 320) and batch.dtype == np.float32
+    assert geo[0].tolist() == [101, 57, 101, 57, 109, 131]
+    assert geo[1].tolist() == [1280, 720, 320, 180, 0, 70]
+    # content placed at (padh, padw), RGB order, /255; the rest is 128/255
+    np.testing.assert_allclose(batch[0, :, 131, 109], odd[0, 0, ::-1] / 255.0, rtol=1e-6)
+    assert np.allclose(batch[0, :, :131, :], 128 / 255.0)
+    assert np.allclose(batch[0, :, 131 + 57 :, :], 128 / 255.0)  # extra row at the bottom
+    assert np.allclose(batch[0, :, :, 109 + 101 :], 128 / 255.0)  # extra column on the right
+    assert np.allclose(batch[1, :, :70, :], 128 / 255.0)
+
+
+def _jpeg(image, **params) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return buf.tobytes()
+
+
+def test_good_formats_decode(images):
+    colour = decode_image((images / "zidane.jpg").read_bytes())
+    assert colour.shape == (720, 1280, 3)
+    gray = _jpeg(cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY))
+    assert decode_image(gray).shape == (720, 1280, 3)
+    png = cv2.imencode(".png", colour[:100, :80])[1].tobytes()
+    assert image_size(png) == ("png", 80, 100)
+    assert decode_image(png).shape == (100, 80, 3)
+    assert decode_image(_jpeg(np.zeros((1, 1, 3), np.uint8))).shape == (1, 1, 3)
+    progressive = (images / "test.jpg").read_bytes()
+    assert image_size(progressive) == ("jpeg", 2048, 1150)
+
+
+def test_cmyk_jpeg_decodes_to_bgr():
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("CMYK", (64, 48), (0, 255, 255, 0)).save(buf, "JPEG")  # red in CMYK
+    image = decode_image(buf.getvalue())
+    assert image.shape == (48, 64, 3)
+    b, g, r = image[24, 32].tolist()
+    assert r > 200 and g < 60 and b < 60
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"not a jpeg", "not an image"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "truncated"),
+    ],
+)
+def test_garbage_is_refused(data, message):
+    with pytest.raises(ImageError, match=message):
+        decode_image(data)
+
+
+def test_bad_image_file(images):
+    with pytest.raises(ImageError, match="not an image"):
+        decode_image((images / "bad_image.jpg").read_bytes())
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.9])
+def test_truncated_jpeg_is_refused(images, fraction):
+    data = (images / "zidane.jpg").read_bytes()
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(data[: int(len(data) * fraction)])
+
+
+def test_truncated_png_is_refused(images):
+    rng = np.random.default_rng(1)
+    png = cv2.imencode(".png", rng.integers(0, 255, (200, 200, 3), np.uint8))[1].tobytes()
+    with pytest.raises(ImageError):
+        decode_image(png[: len(png) // 2])
+
+
+def _patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
+    """Rewrite the SOF dimensions of a baseline JPEG (pixels untouched)."""
+    i = data.index(b"\xff\xc0")
+    return data[: i + 5] + struct.pack(">HH", height, width) + data[i + 9 :]
+
+
+def test_huge_image_refused_before_decoding(images):
+    small = _jpeg(np.zeros((16, 16, 3), np.uint8))
+    huge = _patch_jpeg_size(small, 10_000, 8_000)  # claims 80 MP; decoding would be garbage
+    with pytest.raises(ImageError, match="too large: 10000x8000"):
+        decode_image(huge)
+    with pytest.raises(ImageError, match="limit 100"):
+        decode_image(small, max_pixels=100)
+    assert decode_image(small, max_pixels=256).shape == (16, 16, 3)

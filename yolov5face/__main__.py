@@ -1,0 +1,7 @@
+"""`python -m yolov5face`."""
+
+import sys
+
+from yolov5face.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""Backend registry and the `auto` choice."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from yolov5face.backends.base import Backend, ModelInfo
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+
+__all__ = ["BACKENDS", "Backend", "ModelInfo", "choose_backend", "create_backend"]
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _cuda_available() -> bool:
+    if _importable("torch"):
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def choose_backend(requested: str | None = None) -> tuple[str, str]:
+    """Resolve a backend name (flag, else $YOLOV5FACE_BACKEND, else auto) -> (name, reason)."""
+    name = requested or os.environ.get("YOLOV5FACE_BACKEND") or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    if name != "auto":
+        return name, "requested explicitly"
+    if _importable("tensorrt") and _cuda_available():
+        return "tensorrt", "auto: TensorRT and a CUDA device are available"
+    if _importable("onnxruntime"):
+        return "onnxruntime", "auto: no TensorRT+CUDA; ONNX Runtime is installed"
+    return "torch", "auto: neither TensorRT+CUDA nor ONNX Runtime is installed"
+
+
+def create_backend(
+    name: str | None,
+    weights: str | os.PathLike,
+    img_size: int = 320,
+    threads: int | None = None,
+    device: str | None = None,
+    max_batch: int = 32,
+) -> Backend:
+    """Build the backend for `weights` (.pt/.safetensors checkpoint or exported .onnx)."""
+    from yolov5face.paths import cache_dir
+
+    resolved, reason = choose_backend(name)
+    logger.info("backend %s (%s)", resolved, reason)
+    weights = Path(weights)
+    is_onnx = weights.suffix == ".onnx"
+    if resolved == "torch":
+        if is_onnx:
+            raise ValueError("the torch backend needs a checkpoint (.pt/.safetensors), not ONNX")
+        from yolov5face.backends.torch_backend import TorchBackend
+
+        return TorchBackend(str(weights), img_size=img_size, device=device, threads=threads)
+    if resolved == "onnxruntime":
+        from yolov5face.backends.onnxruntime import OnnxRuntimeBackend
+        from yolov5face.export import cached_onnx
+
+        onnx_path = weights if is_onnx else cached_onnx(weights, img_size, cache_dir() / "onnx")
+        return OnnxRuntimeBackend(onnx_path, threads=threads)
+    from yolov5face.backends.tensorrt import TensorRTBackend
+
+    return TensorRTBackend.from_weights(weights, img_size=img_size, max_batch=max_batch)

@@ -1,0 +1,62 @@
+"""The small interface every inference backend implements."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What post-processing needs to know about a network, whatever runs it."""
+
+    img_size: int
+    strides: tuple[int, ...] = (8, 16, 32)
+    anchors: tuple[float, ...] = ()  # flat pixel anchors, 3 (w, h) pairs per stride
+    sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialise (e.g. into ONNX metadata)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelInfo:
+        """Inverse of `to_json`."""
+        d = json.loads(text)
+        return cls(
+            img_size=int(d["img_size"]),
+            strides=tuple(int(s) for s in d["strides"]),
+            anchors=tuple(float(a) for a in d["anchors"]),
+            sha256=str(d.get("sha256", "")),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+class Backend(Protocol):
+    """Runs the network: float32 (B, 3, S, S) RGB batch in [0, 1] -> raw (B, N, 16) float32."""
+
+    name: str
+    info: ModelInfo
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch."""
+        ...
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run dummy batches so the first real request is not slow."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Human-readable facts (provider, device, precision, threads) for logs and reports."""
+        ...
+
+
+def warmup_batches(backend: Backend, batch_sizes: tuple[int, ...]) -> None:
+    """Shared warm-up: one mid-grey batch of each size."""
+    size = backend.info.img_size
+    for n in batch_sizes:
+        backend.infer(np.full((n, 3, size, size), 0.5, np.float32))

@@ -1,0 +1,230 @@
+"""The `yolov5face` command line: JSON on stdout, logs and progress on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from yolov5face.backends import BACKENDS
+
+logger = logging.getLogger("yolov5face")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+_DETECT_EXAMPLES = """examples:
+  yolov5face detect photo.jpg                      # faces of one image as JSON
+  yolov5face detect imgs/*.jpg --draw out/         # also write annotated copies
+  yolov5face detect a.jpg --backend torch --conf 0.5
+  yolov5face detect --url http://127.0.0.1:8080 a.jpg   # ask a running server instead
+
+exit codes: 0 all images processed, 1 some input was not a readable image, 2 usage error"""
+
+_EVAL_EXAMPLES = """examples:
+  yolov5face eval widerface --images ../shared/widerface/images \\
+      --gt ../shared/widerface/gt.json --img-size 640
+The last stdout line is {"easy": AP, "medium": AP, "hard": AP} (percent)."""
+
+_EXPORT_EXAMPLES = """examples:
+  yolov5face export onnx --weights weights/yolov5n-0.5.pt --out model.onnx
+  yolov5face export engine --method onnx --fp16 --max-batch 32 --out engines/"""
+
+
+def _add_model_args(p: argparse.ArgumentParser, conf: float) -> None:
+    p.add_argument(
+        "--weights",
+        help="checkpoint (.pt/.safetensors) or exported .onnx "
+        "(default: $YOLOV5FACE_WEIGHTS, else weights/yolov5n-0.5.pt)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="inference backend (default: $YOLOV5FACE_BACKEND or auto)",
+    )
+    p.add_argument("--img-size", type=int, default=320, help="network input size (default 320)")
+    p.add_argument("--conf", type=float, default=conf, help=f"score threshold (default {conf})")
+    p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the backend")
+
+
+def _detector(args: argparse.Namespace):
+    from yolov5face.detector import Detector
+
+    return Detector(
+        weights=args.weights,
+        backend=args.backend,
+        img_size=args.img_size,
+        conf=args.conf,
+        iou=args.iou,
+        threads=args.threads,
+    )
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from yolov5face.imagedecode import ImageError
+
+    blobs: list[bytes | ImageError] = []
+    for name in args.images:
+        try:
+            blobs.append(Path(name).read_bytes())
+        except OSError as exc:
+            blobs.append(ImageError(f"cannot read file: {exc.strerror or exc}"))
+    readable = [b for b in blobs if isinstance(b, bytes)]
+    if args.url:
+        from yolov5face.client import Client
+
+        with Client(args.url) as client:
+            answers = iter(client.detect_many(readable))
+    else:
+        detector = _detector(args)
+        answers = iter(detector.detect_raw(readable))
+    result, failed = {}, False
+    for name, blob in zip(args.images, blobs):
+        answer = blob if isinstance(blob, ImageError) else next(answers)
+        if isinstance(answer, Exception):
+            result[name] = {"error": str(answer)}
+            failed = True
+            continue
+        if args.url:
+            result[name] = answer
+            continue
+        result[name] = answer.to_json()
+        if args.draw:
+            _draw(name, blob, answer, Path(args.draw))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _draw(name: str, blob: bytes, detection, out_dir: Path) -> None:
+    import cv2
+
+    from yolov5face.draw import draw_detection
+    from yolov5face.imagedecode import decode_image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / Path(name).name
+    cv2.imwrite(str(target), draw_detection(decode_image(blob), detection))
+    logger.info("wrote %s", target)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from yolov5face.evaluate import run_widerface
+
+    scores = run_widerface(_detector(args), Path(args.images), Path(args.gt))
+    print(json.dumps({k: round(v * 100, 2) for k, v in scores.items()}))
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from yolov5face.paths import default_weights
+
+    weights = args.weights or default_weights()
+    if args.format == "onnx":
+        from yolov5face.export import export_onnx
+
+        info = export_onnx(weights, args.out, img_size=args.img_size, opset=args.opset)
+        print(
+            json.dumps(
+                {
+                    "out": str(args.out),
+                    "sha256": info.sha256,
+                    "img_size": info.img_size,
+                    "opset": args.opset,
+                }
+            )
+        )
+        return EXIT_OK
+    from yolov5face.tensorrt_build import build_engine_cli
+
+    return build_engine_cli(args, weights)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="yolov5face",
+        description="yolov5-face detection: library, server tools, benchmarks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run `yolovface COMMAND --help` for each command's options and examples".replace(
+            "yolovface", "yolov5face"
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "detect",
+        help="detect faces in image files, print JSON",
+        epilog=_DETECT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    _add_model_args(p, conf=0.3)
+    p.add_argument("--draw", metavar="DIR", help="write annotated copies of the images to DIR")
+    p.add_argument("--url", help="send the images to a running server instead of running locally")
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser(
+        "eval",
+        help="accuracy evaluation",
+        epilog=_EVAL_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    esub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    w = esub.add_parser(
+        "widerface",
+        help="WIDER FACE easy/medium/hard AP",
+        epilog=_EVAL_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    w.add_argument("--images", required=True, help="folder with <event>/<file>.jpg")
+    w.add_argument("--gt", required=True, help="gt.json (see ../shared/widerface/README.md)")
+    _add_model_args(w, conf=0.02)
+    w.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "export",
+        help="convert a checkpoint (ONNX, TensorRT engine)",
+        epilog=_EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    xsub = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    x = xsub.add_parser("onnx", help="ONNX with a dynamic batch axis")
+    x.add_argument("--weights")
+    x.add_argument("--out", required=True)
+    x.add_argument("--img-size", type=int, default=320)
+    x.add_argument("--opset", type=int, default=17)
+    x.set_defaults(func=_cmd_export)
+    for name in ("qps",):
+        try:
+            module = __import__(f"yolov5face.{name}", fromlist=["add_parser"])
+        except ImportError as exc:  # optional extras not installed
+            logger.debug("subcommand %s unavailable: %s", name, exc)
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The one pipeline: bytes -> decode -> letterbox -> backend -> decode heads -> NMS -> faces."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from yolov5face.imagedecode import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from yolov5face.letterbox import letterbox_batch
+from yolov5face.postprocess import Faces, decode_predictions, to_json_faces
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("decode", "preprocess", "infer", "postprocess")
+
+
+@dataclass
+class Detection:
+    """Faces of one image plus the letterbox geometry needed to map them back."""
+
+    faces: Faces
+    geometry: np.ndarray  # [w0, h0, w1, h1, padw, padh]
+
+    def to_json(self) -> list[dict]:
+        """The reference response body (list of face dicts)."""
+        return to_json_faces(self.faces, self.geometry)
+
+
+class Detector:
+    """Face detector facade used by the CLI, the TorchServe handler, bench, eval and tests."""
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        backend: str | None = None,
+        img_size: int = 320,
+        conf: float = 0.3,
+        iou: float = 0.5,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+        device: str | None = None,
+        max_batch: int = 32,
+    ):
+        from yolov5face.backends import create_backend
+        from yolov5face.paths import default_weights
+
+        self.weights = weights if weights is not None else default_weights()
+        self.backend = create_backend(
+            backend,
+            self.weights,
+            img_size=img_size,
+            threads=threads,
+            device=device,
+            max_batch=max_batch,
+        )
+        self.info = self.backend.info
+        if self.info.img_size != img_size:
+            logger.warning(
+                "model was exported at img size %d; using it instead of %d",
+                self.info.img_size,
+                img_size,
+            )
+        self.img_size = self.info.img_size
+        self.conf, self.iou = conf, iou
+        self.max_pixels = max_pixels
+        self.max_batch = max_batch
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Warm the backend up (allocations, lazy init) before real traffic."""
+        self.backend.warmup(batch_sizes)
+
+    def detect_images(
+        self, images: Sequence[np.ndarray], timings: dict | None = None
+    ) -> list[Detection]:
+        """Run decoded BGR images through letterbox, the network and post-processing."""
+        out: list[Detection] = []
+        for start in range(0, len(images), self.max_batch):
+            chunk = images[start : start + self.max_batch]
+            t0 = time.perf_counter()
+            batch, geometry = letterbox_batch(chunk, self.img_size)
+            t1 = time.perf_counter()
+            raw = self.backend.infer(batch)
+            t2 = time.perf_counter()
+            out.extend(
+                Detection(
+                    decode_predictions(
+                        raw[k],
+                        self.img_size,
+                        self.info.strides,
+                        self.info.anchors,
+                        self.conf,
+                        self.iou,
+                    ),
+                    geometry[k],
+                )
+                for k in range(len(chunk))
+            )
+            t3 = time.perf_counter()
+            if timings is not None:
+                timings["preprocess"] = timings.get("preprocess", 0.0) + t1 - t0
+                timings["infer"] = timings.get("infer", 0.0) + t2 - t1
+                timings["postprocess"] = timings.get("postprocess", 0.0) + t3 - t2
+        return out
+
+    def detect_raw(
+        self, blobs: Sequence[bytes | bytearray | memoryview], timings: dict | None = None
+    ) -> list[Detection | ImageError]:
+        """Image bytes -> Detection per image, or the ImageError that image raised."""
+        t0 = time.perf_counter()
+        results: list[Detection | ImageError] = []
+        images, slots = [], []
+        for k, blob in enumerate(blobs):
+            try:
+                images.append(decode_image(blob, self.max_pixels))
+                slots.append(k)
+                results.append(None)  # type: ignore[arg-type]
+            except ImageError as exc:
+                results.append(exc)
+        if timings is not None:
+            timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
+        for k, detection in zip(slots, self.detect_images(images, timings)):
+            results[k] = detection
+        return results
+
+    def detect(
+        self, blobs: Sequence[bytes | bytearray | memoryview], timings: dict | None = None
+    ) -> list[list[dict] | ImageError]:
+        """Image bytes -> the JSON face list per image, or the ImageError for a bad one."""
+        results = self.detect_raw(blobs, timings)
+        t0 = time.perf_counter()
+        out = [r if isinstance(r, ImageError) else r.to_json() for r in results]
+        if timings is not None:
+            timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t0
+        return out
+
+    def describe(self) -> dict:
+        """Backend facts plus the detector settings."""
+        return {
+            **self.backend.describe(),
+            "img_size": self.img_size,
+            "conf": self.conf,
+            "iou": self.iou,
+            "weights": str(self.weights),
+        }

@@ -1,0 +1,42 @@
+"""Run a Detector over an evaluation set and score it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def progress(iterable, total: int, desc: str):
+    """A tqdm progress bar on stderr (plain iteration when tqdm is missing)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, unit="img", file=__import__("sys").stderr)
+
+
+def run_widerface(detector, images: Path, gt_path: Path, batch: int = 8) -> dict[str, float]:
+    """Detect on every ground-truth image and return easy/medium/hard AP (fractions)."""
+    from yolov5face.imagedecode import decode_image
+    from yolov5face.postprocess import to_pixels
+    from yolov5face.widerface import evaluate, load_ground_truth
+
+    truth = load_ground_truth(gt_path)
+    keys = sorted(truth)
+    missing = [k for k in keys if not (images / k).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} ground-truth images missing under {images}, e.g. {missing[0]}"
+        )
+    detections: dict[str, np.ndarray] = {}
+    chunks = [keys[i : i + batch] for i in range(0, len(keys), batch)]
+    for chunk in progress(chunks, total=len(chunks), desc="widerface"):
+        decoded = [decode_image((images / k).read_bytes()) for k in chunk]
+        for key, det in zip(chunk, detector.detect_images(decoded)):
+            boxes, _ = to_pixels(det.faces, det.geometry)
+            detections[key] = np.concatenate((boxes, det.faces.scores[:, None]), axis=1)
+    return evaluate(detections, truth)

@@ -1,0 +1,79 @@
+"""Convert once, with torch: checkpoint -> ONNX (dynamic batch) with its facts in metadata."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from yolov5face.backends.base import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "predictions"
+METADATA_KEY = "yolov5face"
+
+
+def export_onnx(
+    weights: str | os.PathLike, out: str | os.PathLike, img_size: int = 320, opset: int = 17
+) -> ModelInfo:
+    """Export a checkpoint to ONNX with a dynamic batch axis; returns the recorded ModelInfo.
+
+    The file is written atomically (temp file + rename), so a crash leaves no half model.
+    """
+    import onnx
+    import torch
+
+    from yolov5face.backends.torch_backend import model_info
+    from yolov5face.checkpoint import load_model, sha256_file
+
+    if img_size % 32:
+        raise ValueError(f"img size must be a multiple of 32, got {img_size}")
+    model = load_model(weights)
+    info = model_info(model, img_size, sha256_file(weights))
+    info = ModelInfo(
+        img_size=info.img_size,
+        strides=info.strides,
+        anchors=info.anchors,
+        sha256=info.sha256,
+        extra={"opset": opset, "weights": Path(weights).name, "torch": torch.__version__},
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(2, 3, img_size, img_size)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    try:
+        torch.onnx.export(
+            model,
+            (dummy,),
+            tmp,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+        proto = onnx.load(tmp)
+        onnx.checker.check_model(proto)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, info.to_json()
+        onnx.save(proto, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info("exported %s -> %s (img size %d, opset %d)", weights, out, img_size, opset)
+    return info
+
+
+def cached_onnx(weights: str | os.PathLike, img_size: int, cache_dir: str | os.PathLike) -> Path:
+    """The ONNX export of `weights` at `img_size`, exported once into `cache_dir`."""
+    from yolov5face.checkpoint import sha256_file
+
+    path = Path(cache_dir) / f"{sha256_file(weights)[:16]}-{img_size}.onnx"
+    if not path.exists():
+        export_onnx(weights, path, img_size)
+    return path

@@ -1,0 +1,92 @@
+"""Image bytes -> BGR uint8 array, refusing anything that is not a whole, sane image."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+class ImageError(ValueError):
+    """A request body that cannot be turned into an image; `status` is the HTTP answer."""
+
+    status = 400
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """Walk JPEG markers up to the first scan: (width, height); checks the image is complete."""
+    i, n, size = 2, len(data), None
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ImageError("corrupt JPEG: bad marker")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if length < 2:
+            raise ImageError("corrupt JPEG: bad segment length")
+        if marker in _JPEG_SOF and i + 9 <= n:
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            size = (width, height)
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            if size is None:
+                raise ImageError("corrupt JPEG: no frame header before the scan")
+            # Inside scan data 0xFF is byte-stuffed, so an EOI marker can only be the real end.
+            if data.find(b"\xff\xd9", i + 2 + length) < 0:
+                raise ImageError("truncated JPEG: no end-of-image marker")
+            return size
+        i += 2 + length
+    raise ImageError("truncated JPEG: header ends before the image data")
+
+
+def image_size(data: bytes) -> tuple[str, int, int]:
+    """Read (format, width, height) from the header alone, without decoding pixels."""
+    if data[:3] == b"\xff\xd8\xff":
+        return ("jpeg", *_jpeg_size(data))
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return "png", width, height
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return "bmp", abs(width), abs(height)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            width = int.from_bytes(data[24:27], "little") + 1
+            height = int.from_bytes(data[27:30], "little") + 1
+            return "webp", width, height
+        if chunk == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return "webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8 ":
+            width, height = struct.unpack("<HH", data[26:30])
+            return "webp", width & 0x3FFF, height & 0x3FFF
+    raise ImageError("not an image: unrecognised format (JPEG, PNG, BMP and WebP are accepted)")
+
+
+def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Decode image bytes to a BGR uint8 (H, W, 3) array, or raise `ImageError`."""
+    import cv2
+
+    data = bytes(data)
+    if not data:
+        raise ImageError("empty body: expected image bytes")
+    fmt, width, height = image_size(data)
+    if width <= 0 or height <= 0:
+        raise ImageError(f"invalid {fmt} header: size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image too large: {width}x{height} = {width * height} pixels (limit {max_pixels})"
+        )
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
+        raise ImageError(f"cannot decode {fmt} image: corrupt or truncated data")
+    return image

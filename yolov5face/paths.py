@@ -1,0 +1,54 @@
+"""Where weights, shared data and caches live, from the environment or sensible defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_WEIGHTS_NAME = "yolov5n-0.5.pt"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class WeightsNotFound(FileNotFoundError):
+    """No weights file could be located."""
+
+
+def shared_dir() -> Path | None:
+    """`$YOLOV5FACE_DATA`, else `../shared` beside the repository when it exists."""
+    env = os.environ.get("YOLOV5FACE_DATA")
+    if env:
+        return Path(env)
+    candidate = REPO_ROOT.parent / "shared"
+    return candidate if candidate.is_dir() else None
+
+
+def default_weights() -> Path:
+    """`$YOLOV5FACE_WEIGHTS`, else weights/yolov5n-0.5.pt, else the shared copy, else an error."""
+    env = os.environ.get("YOLOV5FACE_WEIGHTS")
+    if env:
+        path = Path(env)
+        if path.is_dir():
+            path = path / DEFAULT_WEIGHTS_NAME
+        if not path.is_file():
+            raise WeightsNotFound(f"YOLOV5FACE_WEIGHTS points to {env}, which does not exist")
+        return path
+    candidates = [
+        Path("weights") / DEFAULT_WEIGHTS_NAME,
+        REPO_ROOT / "weights" / DEFAULT_WEIGHTS_NAME,
+    ]
+    shared = shared_dir()
+    if shared is not None:
+        candidates.append(shared / "weights" / DEFAULT_WEIGHTS_NAME)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise WeightsNotFound(
+        f"no weights found: set YOLOV5FACE_WEIGHTS to a checkpoint, pass --weights, or run "
+        f"`bash weights/fetch.sh` to download {DEFAULT_WEIGHTS_NAME} (see weights/README.md)"
+    )
+
+
+def cache_dir() -> Path:
+    """`$YOLOV5FACE_CACHE`, else ~/.cache/yolov5face."""
+    env = os.environ.get("YOLOV5FACE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "yolov5face"
