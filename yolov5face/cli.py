@@ -143,6 +143,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return build_engine_cli(args, weights)
 
 
+def _weights_arg(args: argparse.Namespace) -> Path:
+    from yolov5face.paths import default_weights
+
+    return Path(args.weights) if args.weights else default_weights()
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from yolov5face.archive import build_archive
+
+    path = build_archive(_weights_arg(args), args.model_store, args.img_size, force=args.force)
+    print(json.dumps({"archive": str(path)}))
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from yolov5face.server import ServeError, serve
+
+    try:
+        return serve(_weights_arg(args), Path(args.model_store), Path(args.config),
+                     ready_timeout=args.ready_timeout)
+    except ServeError as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILED
+
+
+def _cmd_ready(args: argparse.Namespace) -> int:
+    from yolov5face.server import is_ready, management_url
+
+    url = args.management_url or management_url()
+    ready = is_ready(url, args.model)
+    if not args.quiet:
+        print(json.dumps({"model": args.model, "ready": ready, "management_url": url}))
+    return EXIT_OK if ready else EXIT_FAILED
+
+
+_SERVE_EXAMPLES = """examples:
+  yolov5face serve                                  # weights from $YOLOV5FACE_WEIGHTS
+  TS_INFERENCE_ADDRESS=http://127.0.0.1:9080 yolov5face serve --model-store /tmp/ms
+  yolov5face ready && echo up                       # exit 0 only with a READY fd1 worker"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -199,6 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--img-size", type=int, default=320)
     x.add_argument("--opset", type=int, default=17)
     x.set_defaults(func=_cmd_export)
+    import os
+
+    store_default = os.environ.get("YOLOV5FACE_MODEL_STORE", "model-store")
+    p = sub.add_parser("archive", help="build model-store/fd1.mar (only when inputs changed)",
+                       epilog=_SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights")
+    p.add_argument("--model-store", default=store_default)
+    p.add_argument("--img-size", type=int, default=320)
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.set_defaults(func=_cmd_archive)
+
+    from yolov5face.server import CONFIG
+
+    p = sub.add_parser("serve", help="build the archive if needed and run TorchServe (foreground)",
+                       epilog=_SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights")
+    p.add_argument("--model-store", default=store_default)
+    p.add_argument("--config", default=str(CONFIG), help="TorchServe config.properties")
+    p.add_argument("--ready-timeout", type=float, default=300.0)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("ready", help="exit 0 when fd1 has a READY worker (health checks)",
+                       epilog=_SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--management-url", help="default: from config.properties / TS_MANAGEMENT_ADDRESS")
+    p.add_argument("--model", default="fd1")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=_cmd_ready)
+
     for name in ("qps",):
         try:
             module = __import__(f"yolov5face.{name}", fromlist=["add_parser"])

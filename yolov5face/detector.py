@@ -71,8 +71,12 @@ class Detector:
         self.max_batch = max_batch
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Warm the backend up (allocations, lazy init) before real traffic."""
-        self.backend.warmup(batch_sizes)
+        """Warm the whole pipeline up (codec import, allocations, backend init) before traffic."""
+        import cv2
+
+        sample = cv2.imencode(".jpg", np.full((480, 640, 3), 127, np.uint8))[1].tobytes()
+        for n in batch_sizes:
+            self.detect([sample] * n)
 
     def detect_images(
         self, images: Sequence[np.ndarray], timings: dict | None = None

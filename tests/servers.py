@@ -1,0 +1,94 @@
+"""A real TorchServe for tests: `yolov5face serve` on free loopback ports, torn down cleanly."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    workdir: Path
+    http: str
+    management: str
+    metrics: str
+    grpc: str
+    log: Path
+
+    def workers(self) -> list[dict]:
+        resp = requests.get(f"{self.management}/models/fd1", timeout=5)
+        return resp.json()[0]["workers"] if resp.ok else []
+
+    def wait_ready(self, timeout: float = 240.0, workers: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()[-4000:]}")
+            try:
+                if sum(w["status"] == "READY" for w in self.workers()) >= workers:
+                    return
+            except (requests.RequestException, ValueError, KeyError, IndexError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"fd1 not ready in {timeout} s:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+
+
+def start_server(workdir: Path, weights: Path, model_store: Path, extra_env: dict | None = None,
+                 workers: int = 2) -> Server:
+    """Start `yolov5face serve` in its own session; ports and worker sockets are private."""
+    http, mgmt, metrics, grpc_inf, grpc_mgmt = free_ports(5)
+    env = {
+        **os.environ,
+        "YOLOV5FACE_WEIGHTS": str(weights),
+        "YOLOV5FACE_WORKERS": str(workers),
+        "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{http}",
+        "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{mgmt}",
+        "TS_METRICS_ADDRESS": f"http://127.0.0.1:{metrics}",
+        "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
+        "TS_GRPC_INFERENCE_PORT": str(grpc_inf),
+        "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
+        "TS_GRPC_MANAGEMENT_PORT": str(grpc_mgmt),
+        # worker sockets are /tmp/.ts.sock.<port>: keep them apart from any other TorchServe
+        "TS_INITIAL_WORKER_PORT": str(random.randint(20000, 60000)),
+        **(extra_env or {}),
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "yolov5face", "-v", "serve", "--model-store", str(model_store)],
+            cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return Server(proc, workdir, f"http://127.0.0.1:{http}", f"http://127.0.0.1:{mgmt}",
+                  f"http://127.0.0.1:{metrics}", f"127.0.0.1:{grpc_inf}", log)

@@ -1,0 +1,42 @@
+"""Archive building and serve preconditions (no server started here)."""
+
+import zipfile
+
+import pytest
+import yaml
+
+from yolov5face.archive import build_archive
+from yolov5face.server import ServeError, check_java, verify_weights
+
+
+def test_archive_contents_and_rebuild_only_on_change(weights, tmp_path, monkeypatch):
+    monkeypatch.delenv("YOLOV5FACE_BATCH_SIZE", raising=False)
+    mar = build_archive(weights, tmp_path)
+    with zipfile.ZipFile(mar) as zf:
+        names = set(zf.namelist())
+        config = yaml.safe_load(zf.read("model-config.yaml"))
+    assert {"fd1.onnx", "handler.py", "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
+    assert config["batchSize"] == 8 and config["handler"]["backend"] == "auto"
+    stamp = mar.stat().st_mtime_ns
+    assert build_archive(weights, tmp_path).stat().st_mtime_ns == stamp  # inputs unchanged
+    monkeypatch.setenv("YOLOV5FACE_BATCH_SIZE", "4")
+    rebuilt = build_archive(weights, tmp_path)
+    assert rebuilt.stat().st_mtime_ns != stamp
+    with zipfile.ZipFile(rebuilt) as zf:
+        assert yaml.safe_load(zf.read("model-config.yaml"))["batchSize"] == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fd1-build")]
+
+
+def test_java_missing_names_the_package(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ServeError, match="openjdk-17-jre-headless"):
+        check_java()
+
+
+def test_weights_checksum_is_enforced(tmp_path):
+    fake = tmp_path / "yolov5n-0.5.pt"
+    fake.write_bytes(b"not the real weights")
+    with pytest.raises(ServeError, match="checksum mismatch"):
+        verify_weights(fake)
+    with pytest.raises(ServeError, match="YOLOV5FACE_WEIGHTS"):
+        verify_weights(tmp_path / "missing.pt")

@@ -1,0 +1,265 @@
+"""The real product: TorchServe with fd1, started by a fixture on free loopback ports."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import signal
+import time
+import zipfile
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from servers import Server, start_server
+from yolov5face.client import AsyncClient, Client, GrpcClient, ServerError
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, weights) -> Path:
+    from yolov5face.archive import build_archive
+
+    store = tmp_path_factory.mktemp("model-store")
+    build_archive(weights, store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, weights, model_store):
+    srv = start_server(tmp_path_factory.mktemp("serve"), weights, model_store)
+    try:
+        srv.wait_ready(workers=2)
+        yield srv
+    finally:
+        rc = srv.stop()
+        leftovers = [p for p in psutil.process_iter(["cmdline"])
+                     if str(model_store) in " ".join(p.info["cmdline"] or [])]
+        assert rc == 0, srv.log.read_text()[-3000:]
+        assert not leftovers, leftovers
+        assert not list((srv.workdir / ".serve" / "tmp").glob("*.pid"))
+
+
+@pytest.fixture(scope="session")
+def served_detector(model_store, tmp_path_factory):
+    """An in-process Detector on the very model the archive carries (same ONNX, one thread)."""
+    from yolov5face.detector import Detector
+
+    out = tmp_path_factory.mktemp("mar")
+    with zipfile.ZipFile(model_store / "fd1.mar") as zf:
+        zf.extract("fd1.onnx", out)
+    return Detector(out / "fd1.onnx", backend="onnxruntime", threads=1)
+
+
+@pytest.fixture(scope="session")
+def expected(served_detector, images, golden_names):
+    blobs = {n: (images / n).read_bytes() for n in golden_names}
+    return blobs, dict(zip(blobs, served_detector.detect(list(blobs.values()))))
+
+
+def predict(server: Server, body: bytes, method: str = "PUT", **kw) -> requests.Response:
+    return requests.request(method, f"{server.http}/predictions/fd1", data=body, timeout=60, **kw)
+
+
+def test_ping_and_ready(server):
+    assert requests.get(f"{server.http}/ping", timeout=5).json()["status"] == "Healthy"
+    statuses = [w["status"] for w in server.workers()]
+    assert statuses == ["READY", "READY"]
+
+
+def test_every_image_matches_in_process(server, expected):
+    blobs, want = expected
+    for name, blob in blobs.items():
+        resp = predict(server, blob, "POST")
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("application/json")
+        assert resp.json() == want[name], name
+
+
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [
+        ("PUT", {}),  # reference Python client: requests.put(data=...), no Content-Type
+        ("PUT", {"Content-Type": "application/octet-stream"}),  # reference Go client
+        ("POST", {"Content-Type": "image/jpeg"}),
+        ("POST", {}),
+    ],
+)
+def test_client_request_shapes(server, expected, method, headers):
+    blobs, want = expected
+    resp = predict(server, blobs["zidane.jpg"], method, headers=headers)
+    assert resp.status_code == 200 and resp.json() == want["zidane.jpg"]
+
+
+def test_multipart_form_field(server, expected):
+    blobs, want = expected
+    for field in ("data", "file"):
+        files = {field: ("zidane.jpg", blobs["zidane.jpg"], "image/jpeg")}
+        resp = requests.post(f"{server.http}/predictions/fd1", files=files, timeout=60)
+        assert resp.status_code == 200 and resp.json() == want["zidane.jpg"], field
+
+
+@pytest.mark.parametrize("kind", ["bad_image", "empty", "truncated", "empty_probe"])
+def test_bad_requests_get_400_json(server, images, kind):
+    good = (images / "zidane.jpg").read_bytes()
+    body = {
+        "bad_image": (images / "bad_image.jpg").read_bytes(),
+        "empty": b"",
+        "truncated": good[: len(good) // 3],
+        "empty_probe": b"",
+    }[kind]
+    headers = {"Content-Type": "application/octet-stream"} if kind == "empty_probe" else {}
+    resp = predict(server, body, headers=headers)
+    assert resp.status_code == 400
+    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.json()["error"]
+
+
+def test_body_over_limit_gets_413(server):
+    resp = predict(server, b"\xff\xd8\xff" + b"\0" * (21 * 1024 * 1024))
+    assert resp.status_code == 413
+
+
+def test_64_concurrent_mixed_requests(server, expected, images):
+    blobs, want = expected
+    bad = [(images / "bad_image.jpg").read_bytes(), b"", blobs["bus.jpg"][:1000]]
+    jobs = [(n, blobs[n]) for n in blobs] * 8 + [(None, b) for b in bad] * 6
+    jobs = jobs[:64]
+    with cf.ThreadPoolExecutor(64) as pool:
+        responses = list(pool.map(lambda job: predict(server, job[1]), jobs))
+    for (name, _), resp in zip(jobs, responses):
+        if name is None:
+            assert resp.status_code == 400 and "error" in resp.json()
+        else:
+            assert resp.status_code == 200 and resp.json() == want[name], name
+    assert requests.get(f"{server.http}/ping", timeout=5).ok
+    assert [w["status"] for w in server.workers()] == ["READY", "READY"]
+
+
+def test_python_clients(server, expected, images):
+    import asyncio
+
+    blobs, want = expected
+    with Client(server.http) as client:
+        assert client.detect(blobs["zidane.jpg"]) == want["zidane.jpg"]
+        with pytest.raises(ServerError) as err:
+            client.detect((images / "bad_image.jpg").read_bytes())
+        assert err.value.status == 400
+
+    async def run():
+        async with AsyncClient(server.http) as client:
+            return await asyncio.gather(*(client.detect(b) for b in blobs.values()))
+
+    assert dict(zip(blobs, asyncio.run(run()))) == want
+
+
+def test_grpc_predictions(server, expected, images):
+    blobs, want = expected
+    with GrpcClient(server.grpc) as client:
+        assert client.ping()
+        for name, blob in blobs.items():
+            assert client.detect(blob) == want[name], name
+        with pytest.raises(ServerError, match="not an image"):
+            client.detect((images / "bad_image.jpg").read_bytes())
+
+
+def test_detect_url_prints_same_json(server, images, golden_names, served_detector):
+    import subprocess
+    import sys
+
+    args = [str(images / n) for n in golden_names]
+    remote = subprocess.run(
+        [sys.executable, "-m", "yolov5face", "detect", "--url", server.http, *args],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    local = subprocess.run(
+        [sys.executable, "-m", "yolov5face", "detect", "--weights",
+         str(served_detector.weights), "--threads", "1", *args],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert json.loads(remote.stdout) == json.loads(local.stdout)
+
+
+def test_metrics_show_stage_timings(server, expected):
+    predict(server, expected[0]["zidane.jpg"])
+    text = requests.get(f"{server.metrics}/metrics", timeout=10).text
+    for stage in ("Decode", "Preprocess", "Infer", "Postprocess"):
+        assert f"Fd1{stage}Ms{{" in text, stage
+    assert "Fd1Images{" in text and "Fd1BadImages{" in text
+
+
+def test_worker_killed_under_load_recovers(server, expected):
+    """SIGKILL a worker while requests flow: failures are 5xx, never a wrong answer."""
+    blobs, want = expected
+    victim = server.workers()[0]["pid"]
+    statuses: list[int] = []
+    wrong = 0
+
+    def one(name: str) -> None:
+        nonlocal wrong
+        resp = predict(server, blobs[name])
+        statuses.append(resp.status_code)
+        if resp.status_code == 200 and resp.json() != want[name]:
+            wrong += 1
+
+    names = list(blobs) * 25
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, n) for n in names]
+        time.sleep(0.5)
+        os.kill(victim, signal.SIGKILL)
+        cf.wait(futures)
+    assert wrong == 0
+    failed = [s for s in statuses if s != 200]
+    assert all(500 <= s < 600 for s in failed), failed
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        workers = server.workers()
+        if len(workers) == 2 and all(w["status"] == "READY" for w in workers):
+            break
+        time.sleep(1)
+    workers = server.workers()
+    assert victim not in [w["pid"] for w in workers]
+    assert [w["status"] for w in workers] == ["READY", "READY"]
+    assert predict(server, blobs["zidane.jpg"]).json() == want["zidane.jpg"]
+    print(f"requests failed while the worker was down: {len(failed)} of {len(statuses)}")
+
+
+def test_model_registration_is_off(server):
+    resp = requests.post(f"{server.management}/models", params={"url": "http://x/evil.mar"},
+                         timeout=10)
+    assert resp.status_code in (400, 403, 405)
+
+
+def test_token_authorization_mode(tmp_path, weights, model_store, expected):
+    blobs, want = expected
+    srv = start_server(tmp_path, weights, model_store, workers=1,
+                       extra_env={"TS_DISABLE_TOKEN_AUTHORIZATION": "false"})
+    try:
+        deadline = time.monotonic() + 240
+        key_file = tmp_path / ".serve" / "key_file.json"
+        while not key_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        keys = json.loads(key_file.read_text())
+        inference_key = keys["inference"]["key"]
+        management_key = keys["management"]["key"]
+        auth = {"Authorization": f"Bearer {management_key}"}
+        while time.monotonic() < deadline:
+            try:
+                resp = requests.get(f"{srv.management}/models/fd1", headers=auth, timeout=5)
+                if resp.ok and any(w["status"] == "READY" for w in resp.json()[0]["workers"]):
+                    break
+            except requests.RequestException:
+                pass  # frontend still starting
+            time.sleep(0.5)
+        unauthorised = requests.get(f"{srv.management}/models/fd1", timeout=5)
+        assert unauthorised.status_code in (400, 401, 403)
+        denied = predict(srv, blobs["zidane.jpg"])
+        assert denied.status_code in (400, 401, 403)
+        with Client(srv.http, token=inference_key) as client:
+            assert client.detect(blobs["zidane.jpg"]) == want["zidane.jpg"]
+    finally:
+        assert srv.stop() == 0

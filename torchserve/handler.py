@@ -1,0 +1,130 @@
+"""TorchServe handler for `fd1`: thin glue between TorchServe's batch and `Detector`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from yolov5face.detector import STAGES, Detector
+from yolov5face.imagedecode import ImageError
+
+logger = logging.getLogger(__name__)
+
+# Field names real clients use: raw body ("body"), gRPC input key and form field ("data"),
+# and common multipart field names.
+_BODY_KEYS = ("body", "data", "file", "image")
+
+
+def request_bytes(row: Any) -> bytes:
+    """The image bytes of one request row (raw body, gRPC `data` or a multipart field)."""
+    if isinstance(row, (bytes, bytearray)):
+        return bytes(row)
+    if not isinstance(row, dict):
+        raise ImageError("unexpected request shape")
+    value = next((row[k] for k in _BODY_KEYS if row.get(k) is not None), None)
+    if value is None:
+        value = next((v for v in row.values() if isinstance(v, (bytes, bytearray))), b"")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise ImageError(
+        "expected raw image bytes; send the image with no Content-Type or "
+        "application/octet-stream / image/jpeg"
+    )
+
+
+class FaceDetectionHandler:
+    """Loads the exported model at worker start and answers each batch in one inference."""
+
+    def __init__(self) -> None:
+        self.detector: Detector | None = None
+        self.metrics: dict[str, Any] = {}
+        self.model_name = "fd1"
+
+    def initialize(self, context: Any) -> None:
+        """Build the Detector from the archived model and warm it up."""
+        model_dir = Path(context.system_properties["model_dir"])
+        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
+        self.model_name = context.manifest.get("model", {}).get("modelName", "fd1")
+        onnx_files = sorted(model_dir.glob("*.onnx"))
+        if not onnx_files:
+            raise RuntimeError(f"no .onnx model in the archive ({model_dir})")
+        threads = int(os.environ.get("YOLOV5FACE_THREADS", settings.get("threads", 1)))
+        self.detector = Detector(
+            weights=onnx_files[0],
+            backend=os.environ.get("YOLOV5FACE_BACKEND", settings.get("backend", "auto")),
+            threads=threads,
+            max_pixels=int(settings.get("max_pixels", 40_000_000)),
+            max_batch=int(settings.get("max_batch", 32)),
+        )
+        batch_size = int(context.system_properties.get("batch_size") or 1)
+        self.detector.warmup(tuple(sorted({1, batch_size})))
+        self._init_metrics(context)
+        logger.info("fd1 ready: %s", json.dumps(self.detector.describe()))
+
+    def _init_metrics(self, context: Any) -> None:
+        store = getattr(context, "metrics", None)
+        if store is None or not hasattr(store, "add_metric_to_cache"):
+            return
+        from ts.metrics.metric_type_enum import MetricTypes
+
+        for stage in STAGES:
+            self.metrics[stage] = store.add_metric_to_cache(
+                f"Fd1{stage.capitalize()}Ms", "ms", ["ModelName"], MetricTypes.COUNTER
+            )
+        for name in ("Images", "BadImages", "Batches"):
+            self.metrics[name] = store.add_metric_to_cache(
+                f"Fd1{name}", "count", ["ModelName"], MetricTypes.COUNTER
+            )
+
+    def _record(self, timings: dict[str, float], images: int, bad: int) -> None:
+        if not self.metrics:
+            return
+        dims = [self.model_name]
+        for stage in STAGES:
+            self.metrics[stage].add_or_update(timings.get(stage, 0.0) * 1000.0, dims)
+        self.metrics["Images"].add_or_update(images, dims)
+        self.metrics["BadImages"].add_or_update(bad, dims)
+        self.metrics["Batches"].add_or_update(1, dims)
+
+    def handle(self, data: list, context: Any) -> list[bytes]:
+        """One TorchServe batch -> one JSON body per request; bad ones get their own 400."""
+        assert self.detector is not None, "handler used before initialize()"
+        start = time.perf_counter()
+        blobs: list[bytes | ImageError] = []
+        for row in data:
+            try:
+                blobs.append(request_bytes(row))
+            except ImageError as exc:
+                blobs.append(exc)
+        good = [b for b in blobs if isinstance(b, bytes)]
+        timings: dict[str, float] = {}
+        answers = iter(self.detector.detect(good, timings))
+        out, bad = [], 0
+        for idx, blob in enumerate(blobs):
+            answer = blob if isinstance(blob, ImageError) else next(answers)
+            context.set_response_content_type(idx, "application/json")
+            if isinstance(answer, ImageError):
+                bad += 1
+                context.set_response_status(answer.status, str(answer), idx=idx)
+                out.append(json.dumps({"error": str(answer)}).encode())
+            else:
+                out.append(json.dumps(answer).encode())
+        self._record(timings, len(blobs), bad)
+        logger.debug("batch of %d in %.1f ms", len(blobs), (time.perf_counter() - start) * 1e3)
+        return out
+
+
+_service = FaceDetectionHandler()
+
+
+def handle(data: list | None, context: Any) -> list[bytes] | None:
+    """TorchServe entry point (module-level function style)."""
+    if _service.detector is None:
+        _service.initialize(context)
+    if data is None:
+        return None
+    return _service.handle(data, context)

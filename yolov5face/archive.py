@@ -1,0 +1,95 @@
+"""Build `model-store/fd1.mar`: exported ONNX + handler + model config, rebuilt only on change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from yolov5face.paths import REPO_ROOT
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "fd1"
+HANDLER = REPO_ROOT / "torchserve" / "handler.py"
+MODEL_CONFIG = REPO_ROOT / "config" / "model-config.yaml"
+_ENV_OVERRIDES = {
+    "YOLOV5FACE_WORKERS": ("minWorkers", "maxWorkers"),
+    "YOLOV5FACE_BATCH_SIZE": ("batchSize",),
+    "YOLOV5FACE_MAX_BATCH_DELAY": ("maxBatchDelay",),
+}
+
+
+def model_config(base: Path = MODEL_CONFIG) -> dict:
+    """The per-model config with environment overrides applied."""
+    import yaml
+
+    config = yaml.safe_load(base.read_text())
+    for var, keys in _ENV_OVERRIDES.items():
+        if os.environ.get(var):
+            for key in keys:
+                config[key] = int(os.environ[var])
+    return config
+
+
+def _inputs_digest(weights_sha: str, img_size: int, config: dict) -> str:
+    from yolov5face import __version__
+
+    digest = hashlib.sha256()
+    for part in (weights_sha, str(img_size), json.dumps(config, sort_keys=True), __version__,
+                 HANDLER.read_text()):
+        digest.update(part.encode())
+    for source in sorted((REPO_ROOT / "yolov5face").glob("*.py")):
+        if source.name in {"model.py", "export.py", "checkpoint.py"}:
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def build_archive(
+    weights: str | os.PathLike,
+    model_store: str | os.PathLike = "model-store",
+    img_size: int = 320,
+    force: bool = False,
+) -> Path:
+    """Build (or reuse) `<model_store>/fd1.mar`; returns its path."""
+    import yaml
+
+    from yolov5face.checkpoint import sha256_file
+
+    store = Path(model_store)
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / f"{MODEL_NAME}.mar"
+    stamp = store / f"{MODEL_NAME}.mar.inputs"
+    config = model_config()
+    digest = _inputs_digest(sha256_file(weights), img_size, config)
+    if not force and target.is_file() and stamp.is_file() and stamp.read_text() == digest:
+        logger.info("%s is up to date", target)
+        return target
+    archiver = shutil.which("torch-model-archiver") or str(
+        Path(sys.executable).parent / "torch-model-archiver"
+    )
+    with tempfile.TemporaryDirectory(prefix=".fd1-build-", dir=store) as tmp:
+        from yolov5face.export import export_onnx
+
+        onnx_path = Path(tmp) / f"{MODEL_NAME}.onnx"
+        export_onnx(weights, onnx_path, img_size=img_size)
+        config_path = Path(tmp) / "model-config.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        out_dir = Path(tmp) / "out"
+        out_dir.mkdir()
+        cmd = [
+            archiver, "--model-name", MODEL_NAME, "--version", "1.0",
+            "--handler", str(HANDLER), "--serialized-file", str(onnx_path),
+            "--config-file", str(config_path), "--export-path", str(out_dir), "--force",
+        ]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        os.replace(out_dir / f"{MODEL_NAME}.mar", target)  # atomic within one filesystem
+    stamp.write_text(digest)
+    logger.info("built %s", target)
+    return target

@@ -1,0 +1,183 @@
+"""Clients for a running fd1 server: sync HTTP, asyncio HTTP and gRPC (TorchServe's API)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import subprocess
+import sys
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MODEL = "fd1"
+
+
+class ServerError(RuntimeError):
+    """The server answered with an error for one image; `status` is the HTTP status (or 0)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+
+
+def _parse(status: int, body: bytes) -> list[dict]:
+    """Face list from a response, or raise ServerError with the server's message."""
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:
+        payload = None
+    if status in (0, 200) and isinstance(payload, list):  # 0: gRPC, no HTTP status
+        return payload
+    message = payload.get("error") or payload.get("message") if isinstance(payload, dict) else None
+    raise ServerError(status, message or body[:200].decode(errors="replace"))
+
+
+def _predictions_url(url: str, model: str) -> str:
+    url = url.rstrip("/")
+    return url if "/predictions/" in url else f"{url}/predictions/{model}"
+
+
+class Client:
+    """Blocking HTTP client (keep-alive session); PUTs raw bytes like the reference client."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", model: str = MODEL,
+                 token: str | None = None, timeout: float = 30.0):
+        import requests
+
+        self.url = _predictions_url(url, model)
+        self.session = requests.Session()
+        self.timeout = timeout
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def detect(self, image: bytes) -> list[dict]:
+        """Faces of one image; raises ServerError on an error answer."""
+        resp = self.session.put(self.url, data=image, timeout=self.timeout)
+        return _parse(resp.status_code, resp.content)
+
+    def detect_many(self, images: Sequence[bytes]) -> list[list[dict] | ServerError]:
+        """Faces per image, or the ServerError for that image."""
+        out: list[list[dict] | ServerError] = []
+        for image in images:
+            try:
+                out.append(self.detect(image))
+            except ServerError as exc:
+                out.append(exc)
+        return out
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio HTTP client on one pooled aiohttp session."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", model: str = MODEL,
+                 token: str | None = None, timeout: float = 30.0, connections: int = 64):
+        self.url = _predictions_url(url, model)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = timeout
+        self._connections = connections
+        self._session = None
+
+    async def __aenter__(self) -> AsyncClient:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._connections),
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            headers=self._headers,
+        )
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._session.close()
+
+    async def detect(self, image: bytes) -> list[dict]:
+        """Faces of one image; raises ServerError on an error answer."""
+        headers = {"Content-Type": "application/octet-stream"}
+        async with self._session.put(self.url, data=image, headers=headers) as resp:
+            return _parse(resp.status, await resp.read())
+
+
+def grpc_modules(cache: Path | None = None) -> tuple[ModuleType, ModuleType]:
+    """(inference_pb2, inference_pb2_grpc), generated once from TorchServe's own proto."""
+    from yolov5face.paths import cache_dir
+
+    out = (cache or cache_dir()) / "grpc"
+    if not (out / "inference_pb2_grpc.py").is_file():
+        import ts
+
+        jar = Path(ts.__file__).parent / "frontend" / "model-server.jar"
+        out.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(jar) as zf:
+            (out / "inference.proto").write_bytes(zf.read("proto/inference.proto"))
+        import grpc_tools
+
+        includes = Path(grpc_tools.__file__).parent / "_proto"
+        import google.rpc.status_pb2  # noqa: F401  (googleapis-common-protos provides the import)
+
+        status_dir = Path(importlib.util.find_spec("google.rpc").submodule_search_locations[0])
+        cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{out}", f"-I{includes}",
+               f"-I{status_dir.parent.parent}", f"--python_out={out}",
+               f"--grpc_python_out={out}", str(out / "inference.proto")]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    if str(out) not in sys.path:
+        sys.path.insert(0, str(out))
+    return importlib.import_module("inference_pb2"), importlib.import_module("inference_pb2_grpc")
+
+
+class GrpcClient:
+    """TorchServe gRPC inference client: `Predictions` with the bytes under input key `data`."""
+
+    def __init__(self, target: str = "127.0.0.1:7070", model: str = MODEL,
+                 token: str | None = None, timeout: float = 30.0):
+        import grpc
+
+        self._pb2, pb2_grpc = grpc_modules()
+        self.channel = grpc.insecure_channel(target)
+        self.stub = pb2_grpc.InferenceAPIsServiceStub(self.channel)
+        self.model = model
+        self.timeout = timeout
+        self.metadata = [("authorization", f"Bearer {token}")] if token else None
+
+    def ping(self) -> str:
+        """The server's health string."""
+        from google.protobuf import empty_pb2
+
+        return self.stub.Ping(empty_pb2.Empty(), timeout=self.timeout).health
+
+    def detect(self, image: bytes) -> list[dict]:
+        """Faces of one image; raises ServerError (status 0) on an error answer."""
+        import grpc
+
+        request = self._pb2.PredictionsRequest(model_name=self.model, input={"data": image})
+        try:
+            resp = self.stub.Predictions(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise ServerError(0, f"{exc.code().name}: {exc.details()}") from None
+        # Per-request 400s inside a batch are not carried over gRPC: read the body instead.
+        return _parse(0, resp.prediction)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def __enter__(self) -> GrpcClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
