@@ -161,8 +161,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from yolov5face.server import ServeError, serve
 
     try:
-        return serve(_weights_arg(args), Path(args.model_store), Path(args.config),
-                     ready_timeout=args.ready_timeout)
+        return serve(
+            _weights_arg(args),
+            Path(args.model_store),
+            Path(args.config),
+            ready_timeout=args.ready_timeout,
+        )
     except ServeError as exc:
         logger.error("%s", exc)
         return EXIT_FAILED
@@ -240,11 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--img-size", type=int, default=320)
     x.add_argument("--opset", type=int, default=17)
     x.set_defaults(func=_cmd_export)
+    x = xsub.add_parser("engine", help="TensorRT engine(s) into a cache directory (GPU only)",
+                        epilog=_EXPORT_EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument("--weights")
+    x.add_argument("--method", choices=("onnx", "torch2trt"), default="onnx",
+                   help="onnx: one engine, batch profile 1..max (default); "
+                   "torch2trt: one fixed-batch engine per bucket 1,2,4,..,max")
+    x.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True)
+    x.add_argument("--max-batch", type=int, default=32)
+    x.add_argument("--img-size", type=int, default=320)
+    x.add_argument("--out", required=True, help="engine cache directory")
+    x.set_defaults(func=_cmd_export)
     import os
 
     store_default = os.environ.get("YOLOV5FACE_MODEL_STORE", "model-store")
-    p = sub.add_parser("archive", help="build model-store/fd1.mar (only when inputs changed)",
-                       epilog=_SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "archive",
+        help="build model-store/fd1.mar (only when inputs changed)",
+        epilog=_SERVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--weights")
     p.add_argument("--model-store", default=store_default)
     p.add_argument("--img-size", type=int, default=320)
@@ -253,22 +273,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     from yolov5face.server import CONFIG
 
-    p = sub.add_parser("serve", help="build the archive if needed and run TorchServe (foreground)",
-                       epilog=_SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "serve",
+        help="build the archive if needed and run TorchServe (foreground)",
+        epilog=_SERVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--weights")
     p.add_argument("--model-store", default=store_default)
     p.add_argument("--config", default=str(CONFIG), help="TorchServe config.properties")
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("ready", help="exit 0 when fd1 has a READY worker (health checks)",
-                       epilog=_SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--management-url", help="default: from config.properties / TS_MANAGEMENT_ADDRESS")
+    p = sub.add_parser(
+        "ready",
+        help="exit 0 when fd1 has a READY worker (health checks)",
+        epilog=_SERVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--management-url", help="default: from config.properties / TS_MANAGEMENT_ADDRESS"
+    )
     p.add_argument("--model", default="fd1")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd_ready)
 
-    for name in ("qps",):
+    for name in ("qps", "bench"):
         try:
             module = __import__(f"yolov5face.{name}", fromlist=["add_parser"])
         except ImportError as exc:  # optional extras not installed

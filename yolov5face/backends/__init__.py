@@ -71,4 +71,10 @@ def create_backend(
         return OnnxRuntimeBackend(onnx_path, threads=threads)
     from yolov5face.backends.tensorrt import TensorRTBackend
 
-    return TensorRTBackend.from_weights(weights, img_size=img_size, max_batch=max_batch)
+    try:
+        return TensorRTBackend.from_weights(weights, img_size=img_size, max_batch=max_batch)
+    except Exception:
+        if reason == "requested explicitly":
+            raise
+        logger.exception("TENSORRT ENGINE FAILED: falling back to ONNX Runtime (slower)")
+        return create_backend("onnxruntime", weights, img_size, threads, device, max_batch)

@@ -1,0 +1,123 @@
+"""Backends and conversion on the CPU: ONNX export round trip, batch invariance, engine cache."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from yolov5face.backends import choose_backend
+from yolov5face.compare import compare_faces
+from yolov5face.engine_cache import EngineCache, EngineKey
+from yolov5face.tensorrt_build import bucket_for
+
+
+def test_onnx_metadata_and_checker(onnx_model, weights):
+    from yolov5face.checkpoint import sha256_file
+
+    proto = onnx.load(onnx_model)
+    onnx.checker.check_model(proto)
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["yolov5face"])
+    assert meta["sha256"] == sha256_file(weights)
+    assert meta["img_size"] == 320 and meta["extra"]["opset"] == 17
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param == "batch"
+
+
+def test_onnxruntime_equals_torch_raw(detectors, images):
+    from yolov5face.imagedecode import decode_image
+    from yolov5face.letterbox import letterbox_batch
+
+    decoded = [decode_image((images / n).read_bytes()) for n in ("zidane.jpg", "test.jpg")]
+    batch, _ = letterbox_batch(decoded, 320)
+    ours = detectors["onnxruntime"].backend.infer(batch)
+    ref = detectors["torch"].backend.infer(batch)
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("size", [1, 3, 8, 17, 32])
+def test_dynamic_batch_same_as_batch_one(detector, size):
+    rng = np.random.default_rng(size)
+    batch = rng.uniform(0, 1, (size, 3, 320, 320)).astype(np.float32)
+    together = detector.backend.infer(batch)
+    alone = np.concatenate([detector.backend.infer(batch[i : i + 1]) for i in range(size)])
+    np.testing.assert_allclose(together, alone, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("size", [1, 3, 8])
+def test_torch_and_onnxruntime_same_detections(detectors, images, golden_names, size):
+    blobs = [(images / n).read_bytes() for n in golden_names]
+    blobs = (blobs * size)[: max(size, 1)]
+    a = detectors["torch"].detect(blobs)
+    b = detectors["onnxruntime"].detect(blobs)
+    for x, y in zip(a, b):
+        assert compare_faces(x, y) == []
+
+
+def test_backend_choice(monkeypatch):
+    monkeypatch.delenv("YOLOV5FACE_BACKEND", raising=False)
+    assert choose_backend(None)[0] == "onnxruntime"  # no TensorRT on this machine
+    assert choose_backend("torch") == ("torch", "requested explicitly")
+    monkeypatch.setenv("YOLOV5FACE_BACKEND", "torch")
+    assert choose_backend(None)[0] == "torch"
+    with pytest.raises(ValueError, match="unknown backend"):
+        choose_backend("tflite")
+
+
+KEY = EngineKey("ab" * 32, 320, 32, "fp16", "10.5.0", "Tesla T4", "7.5")
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("model_sha256", "cd" * 32), ("img_size", 640), ("max_batch", 16), ("precision", "fp32"),
+     ("tensorrt_version", "10.6.0"), ("gpu_name", "NVIDIA A10G"), ("compute_capability", "8.6"),
+     ("method", "torch2trt")],
+)
+def test_engine_key_changes_with_every_field(field, value):
+    from dataclasses import replace
+
+    other = replace(KEY, **{field: value})
+    assert other.digest() != KEY.digest() and other.filename() != KEY.filename()
+
+
+def test_engine_cache_builds_once_and_reuses(tmp_path):
+    cache = EngineCache(tmp_path)
+    calls = []
+
+    def build(path):
+        calls.append(path)
+        path.write_bytes(b"engine-bytes")
+
+    first = cache.get_or_build(KEY, build)
+    again = cache.get_or_build(KEY, build)
+    assert first == again and len(calls) == 1 and first.read_bytes() == b"engine-bytes"
+    from dataclasses import replace
+
+    cache.get_or_build(replace(KEY, tensorrt_version="10.6.0"), build)
+    assert len(calls) == 2  # a TensorRT upgrade invalidates
+
+
+def test_engine_cache_crash_leaves_nothing(tmp_path):
+    cache = EngineCache(tmp_path)
+
+    def crash(path):
+        path.write_bytes(b"half an eng")
+        raise RuntimeError("builder died")
+
+    with pytest.raises(RuntimeError, match="builder died"):
+        cache.get_or_build(KEY, crash)
+    assert not list(tmp_path.glob("*.engine")) and not list(tmp_path.glob(".build-*"))
+    assert cache.lookup(KEY) is None
+
+
+def test_engine_cache_detects_tampered_entry(tmp_path):
+    cache = EngineCache(tmp_path)
+    path = cache.get_or_build(KEY, lambda p: p.write_bytes(b"x" * 100))
+    path.write_bytes(b"x" * 50)  # truncated after the fact
+    assert cache.lookup(KEY) is None
+    rebuilt = cache.get_or_build(KEY, lambda p: p.write_bytes(b"y" * 100))
+    assert rebuilt.read_bytes() == b"y" * 100
+
+
+def test_buckets():
+    assert [bucket_for(n) for n in (1, 2, 3, 5, 8, 9, 31, 32, 40)] == [1, 2, 4, 8, 8, 16, 32, 32, 32]

@@ -1,0 +1,63 @@
+"""GPU paths: torch CUDA fp16 (+ CUDA graphs) and TensorRT engines. Skipped without a GPU."""
+
+import importlib.util
+import json
+
+import pytest
+
+from yolov5face.compare import compare_faces
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine"),
+]
+needs_trt = pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None,
+    reason="TensorRT and pycuda are not installed (they come with the NVIDIA TensorRT image)",
+)
+needs_torch2trt = pytest.mark.skipif(
+    importlib.util.find_spec("torch2trt") is None, reason="torch2trt is not installed"
+)
+
+
+def _golden(shared, name):
+    return json.loads((shared / "golden" / "seed320" / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_torch_cuda_fp16_parity(weights, images, shared, golden_names, graphs):
+    from yolov5face.backends.torch_backend import TorchBackend
+    from yolov5face.detector import Detector
+
+    detector = Detector(weights, backend="torch", device="cuda")
+    detector.backend = TorchBackend(str(weights), device="cuda", cuda_graphs=graphs)
+    assert detector.backend.half
+    for name in golden_names:
+        (faces,) = detector.detect([(images / name).read_bytes()])
+        assert compare_faces(_golden(shared, name), faces) == [], name
+
+
+@needs_trt
+def test_tensorrt_onnx_engine_parity(weights, images, shared, golden_names, tmp_path, monkeypatch):
+    from yolov5face.detector import Detector
+
+    monkeypatch.setenv("YOLOV5FACE_ENGINE_CACHE", str(tmp_path))
+    detector = Detector(weights, backend="tensorrt")
+    blobs = [(images / n).read_bytes() for n in golden_names]
+    for name, faces in zip(golden_names, detector.detect(blobs)):
+        assert compare_faces(_golden(shared, name), faces) == [], name
+    assert len(list(tmp_path.glob("*.engine"))) == 1
+    Detector(weights, backend="tensorrt")  # second start: cache hit, no rebuild
+    assert len(list(tmp_path.glob("*.engine"))) == 1
+
+
+@needs_trt
+@needs_torch2trt
+def test_torch2trt_bucket_engines(weights, tmp_path):
+    from yolov5face.tensorrt_build import build_engine_torch2trt
+
+    out = tmp_path / "b4.engine"
+    build_engine_torch2trt(weights, out, batch=4, module_out=tmp_path / "b4.pth")
+    assert out.stat().st_size > 0

@@ -1,0 +1,131 @@
+"""TensorRT engine cache: one engine per (model, size, batch, precision, TensorRT, GPU) key.
+
+An engine only runs on the TensorRT version and GPU that built it, so it is built on first use
+at server start (never at image build time), reused afterwards, rebuilt when any key field
+changes, and written atomically so a crash mid-build leaves no corrupt engine behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine depends on."""
+
+    model_sha256: str
+    img_size: int
+    max_batch: int
+    precision: str  # "fp16" | "fp32"
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # e.g. "7.5"
+    method: str = "onnx"  # "onnx" (parser, dynamic batch) | "torch2trt" (fixed batch)
+
+    def digest(self) -> str:
+        """Stable short hash of all fields."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+    def filename(self) -> str:
+        """A readable, unique engine file name."""
+        gpu = "".join(c if c.isalnum() else "-" for c in self.gpu_name).strip("-").lower()
+        return (
+            f"{self.model_sha256[:12]}-{self.img_size}-b{self.max_batch}-{self.precision}-"
+            f"{self.method}-trt{self.tensorrt_version}-{gpu}-sm{self.compute_capability}-"
+            f"{self.digest()[:8]}.engine"
+        )
+
+
+class EngineCache:
+    """A directory of engines with their keys recorded beside them."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+
+    def path(self, key: EngineKey) -> Path:
+        """Where the engine for `key` lives."""
+        return self.directory / key.filename()
+
+    def lookup(self, key: EngineKey) -> Path | None:
+        """The cached engine for exactly this key, if present and intact."""
+        path = self.path(key)
+        meta = path.with_suffix(".json")
+        if not (path.is_file() and meta.is_file()):
+            return None
+        try:
+            recorded = json.loads(meta.read_text())
+        except ValueError:
+            return None
+        if recorded.get("key") != asdict(key) or recorded.get("size") != path.stat().st_size:
+            logger.warning("engine cache entry %s does not match its record: rebuilding", path)
+            return None
+        return path
+
+    @contextlib.contextmanager
+    def _lock(self, key: EngineKey) -> Iterator[None]:
+        """Serialise builders of one key across processes (several workers start together)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / f".{key.digest()}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def get_or_build(self, key: EngineKey, build: Callable[[Path], None]) -> Path:
+        """Return the cached engine for `key`, building it with `build(tmp_path)` if needed."""
+        found = self.lookup(key)
+        if found is not None:
+            logger.info("engine cache hit: %s", found)
+            return found
+        with self._lock(key):
+            found = self.lookup(key)  # another worker may have built it while we waited
+            if found is not None:
+                return found
+            target = self.path(key)
+            fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".engine", dir=self.directory)
+            os.close(fd)
+            try:
+                start = time.monotonic()
+                logger.warning("building TensorRT engine %s (first start on this GPU)", target.name)
+                build(Path(tmp))
+                size = os.path.getsize(tmp)
+                if size == 0:
+                    raise RuntimeError("engine build produced an empty file")
+                os.replace(tmp, target)
+                meta = {"key": asdict(key), "size": size, "built_s": time.monotonic() - start}
+                _atomic_write(target.with_suffix(".json"), json.dumps(meta, indent=1))
+                logger.warning("engine built in %.0f s: %s", meta["built_s"], target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            return target
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".meta-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def default_cache_dir() -> Path:
+    """`$YOLOV5FACE_ENGINE_CACHE`, else <cache>/engines."""
+    from yolov5face.paths import cache_dir
+
+    env = os.environ.get("YOLOV5FACE_ENGINE_CACHE")
+    return Path(env) if env else cache_dir() / "engines"
