@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def free_ports(n: int) -> list[int]:
     socks = []
@@ -64,9 +66,15 @@ class Server:
             return self.proc.wait()
 
 
-def start_server(workdir: Path, weights: Path, model_store: Path, extra_env: dict | None = None,
-                 workers: int = 2) -> Server:
-    """Start `yolov5face serve` in its own session; ports and worker sockets are private."""
+def start_server(
+    workdir: Path,
+    weights: Path,
+    model_store: Path,
+    extra_env: dict | None = None,
+    workers: int = 2,
+    command: list[str] | None = None,
+) -> Server:
+    """Start `yolov5face serve` (or `command`) in its own session on private ports/sockets."""
     http, mgmt, metrics, grpc_inf, grpc_mgmt = free_ports(5)
     env = {
         **os.environ,
@@ -87,8 +95,28 @@ def start_server(workdir: Path, weights: Path, model_store: Path, extra_env: dic
     log = workdir / "serve.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "yolov5face", "-v", "serve", "--model-store", str(model_store)],
-            cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            command
+            or [
+                sys.executable,
+                "-m",
+                "yolov5face",
+                "-v",
+                "serve",
+                "--model-store",
+                str(model_store),
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    return Server(proc, workdir, f"http://127.0.0.1:{http}", f"http://127.0.0.1:{mgmt}",
-                  f"http://127.0.0.1:{metrics}", f"127.0.0.1:{grpc_inf}", log)
+    return Server(
+        proc,
+        workdir,
+        f"http://127.0.0.1:{http}",
+        f"http://127.0.0.1:{mgmt}",
+        f"http://127.0.0.1:{metrics}",
+        f"127.0.0.1:{grpc_inf}",
+        log,
+    )

@@ -6,6 +6,8 @@ import concurrent.futures as cf
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -13,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-
 from servers import Server, start_server
+
 from yolov5face.client import AsyncClient, Client, GrpcClient, ServerError
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -37,8 +39,11 @@ def server(tmp_path_factory, weights, model_store):
         yield srv
     finally:
         rc = srv.stop()
-        leftovers = [p for p in psutil.process_iter(["cmdline"])
-                     if str(model_store) in " ".join(p.info["cmdline"] or [])]
+        leftovers = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if str(model_store) in " ".join(p.info["cmdline"] or [])
+        ]
         assert rc == 0, srv.log.read_text()[-3000:]
         assert not leftovers, leftovers
         assert not list((srv.workdir / ".serve" / "tmp").glob("*.pid"))
@@ -168,18 +173,30 @@ def test_grpc_predictions(server, expected, images):
 
 
 def test_detect_url_prints_same_json(server, images, golden_names, served_detector):
-    import subprocess
-    import sys
-
     args = [str(images / n) for n in golden_names]
     remote = subprocess.run(
         [sys.executable, "-m", "yolov5face", "detect", "--url", server.http, *args],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     local = subprocess.run(
-        [sys.executable, "-m", "yolov5face", "detect", "--weights",
-         str(served_detector.weights), "--threads", "1", *args],
-        capture_output=True, text=True, timeout=120, check=True,
+        [
+            sys.executable,
+            "-m",
+            "yolov5face",
+            "detect",
+            "--weights",
+            str(served_detector.weights),
+            "--threads",
+            "1",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert json.loads(remote.stdout) == json.loads(local.stdout)
 
@@ -229,15 +246,21 @@ def test_worker_killed_under_load_recovers(server, expected):
 
 
 def test_model_registration_is_off(server):
-    resp = requests.post(f"{server.management}/models", params={"url": "http://x/evil.mar"},
-                         timeout=10)
+    resp = requests.post(
+        f"{server.management}/models", params={"url": "http://x/evil.mar"}, timeout=10
+    )
     assert resp.status_code in (400, 403, 405)
 
 
 def test_token_authorization_mode(tmp_path, weights, model_store, expected):
     blobs, want = expected
-    srv = start_server(tmp_path, weights, model_store, workers=1,
-                       extra_env={"TS_DISABLE_TOKEN_AUTHORIZATION": "false"})
+    srv = start_server(
+        tmp_path,
+        weights,
+        model_store,
+        workers=1,
+        extra_env={"TS_DISABLE_TOKEN_AUTHORIZATION": "false"},
+    )
     try:
         deadline = time.monotonic() + 240
         key_file = tmp_path / ".serve" / "key_file.json"
@@ -261,5 +284,49 @@ def test_token_authorization_mode(tmp_path, weights, model_store, expected):
         assert denied.status_code in (400, 401, 403)
         with Client(srv.http, token=inference_key) as client:
             assert client.detect(blobs["zidane.jpg"]) == want["zidane.jpg"]
+        ready = [
+            sys.executable,
+            "-m",
+            "yolov5face",
+            "ready",
+            "-q",
+            "--management-url",
+            srv.management,
+        ]
+        assert subprocess.run(ready, cwd=tmp_path, timeout=60).returncode == 0  # reads the key
+        assert subprocess.run(ready, cwd=tmp_path / ".serve", timeout=60).returncode == 1
     finally:
         assert srv.stop() == 0
+
+
+def test_docker_entrypoint_cpu_mode(tmp_path, weights, expected):
+    """docker/entrypoint.sh for real (CPU mode): READY fd1, one answer, clean SIGTERM stop."""
+    from servers import ROOT
+
+    blobs, want = expected
+    env = {
+        "YOLOV5FACE_MODEL_STORE": str(tmp_path / "store"),
+        "YOLOV5FACE_ENGINE_CACHE": str(tmp_path / "engines"),
+        "YOLOV5FACE_CONFIG": str(ROOT / "config" / "config.properties"),
+        "YOLOV5FACE_REQUIRE_GPU": "0",
+        "LOG_LOCATION": str(tmp_path / "logs"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    srv = start_server(
+        tmp_path / "run",
+        weights,
+        tmp_path / "store",
+        extra_env=env,
+        workers=1,
+        command=["bash", str(ROOT / "docker" / "entrypoint.sh")],
+    )
+    try:
+        srv.wait_ready(workers=1)
+        assert predict(srv, blobs["zidane.jpg"]).json() == want["zidane.jpg"]
+    finally:
+        assert srv.stop() == 0
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(tmp_path / "store") in " ".join(p.info["cmdline"] or [])
+    ]

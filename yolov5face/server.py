@@ -48,7 +48,9 @@ def verify_weights(path: Path) -> None:
     from yolov5face.checkpoint import sha256_file
 
     if not path.is_file():
-        raise ServeError(f"weights not found: {path} (set YOLOV5FACE_WEIGHTS; see weights/README.md)")
+        raise ServeError(
+            f"weights not found: {path} (set YOLOV5FACE_WEIGHTS; see weights/README.md)"
+        )
     known = {}
     if CHECKSUMS.is_file():
         for line in CHECKSUMS.read_text().splitlines():
@@ -59,10 +61,26 @@ def verify_weights(path: Path) -> None:
         raise ServeError(f"checksum mismatch for {path}: expected {known[path.name]}")
 
 
+def management_token(run_dir: Path = Path(".serve")) -> str | None:
+    """Management key when token authorization is on: env, else the server's key_file.json."""
+    token = os.environ.get("YOLOV5FACE_MANAGEMENT_TOKEN")
+    key_file = run_dir / "key_file.json"
+    if token or not key_file.is_file():
+        return token
+    try:
+        return json.loads(key_file.read_text())["management"]["key"]
+    except (ValueError, KeyError, OSError):
+        return None
+
+
 def model_status(management_url: str, model: str = "fd1", timeout: float = 2.0) -> list[dict]:
     """Workers of `model` as reported by the management API ([] when unreachable)."""
+    request = urllib.request.Request(f"{management_url}/models/{model}")
+    token = management_token()
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"{management_url}/models/{model}", timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             body = json.loads(resp.read())
     except (urllib.error.URLError, OSError, ValueError):
         return []
@@ -152,11 +170,18 @@ def serve(
     }
     torchserve = shutil.which("torchserve") or str(Path(sys.executable).parent / "torchserve")
     cmd = [
-        torchserve, "--start", "--foreground", "--ncs",
-        "--model-store", str(model_store.resolve()),
-        "--ts-config", str(config.resolve()),
-        "--log-config", str(LOG_CONFIG),
-        "--models", "fd1=fd1.mar",
+        torchserve,
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--model-store",
+        str(model_store.resolve()),
+        "--ts-config",
+        str(config.resolve()),
+        "--log-config",
+        str(LOG_CONFIG),
+        "--models",
+        "fd1=fd1.mar",
     ]
     logger.info("starting TorchServe: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, cwd=run_dir, env=env, start_new_session=True)
