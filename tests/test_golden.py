@@ -61,3 +61,20 @@ def test_tiny_and_odd_images_get_answers(detector):
         data = cv2.imencode(".png", np.full((h, w, 3), 90, np.uint8))[1].tobytes()
         (faces,) = detector.detect([data])
         assert faces == []
+
+
+def test_fast_decode_is_opt_in_and_maps_to_original_pixels(onnx_model, images):
+    from yolov5face.detector import Detector
+    from yolov5face.nms import box_iou
+    from yolov5face.postprocess import to_pixels
+
+    fast = Detector(onnx_model, backend="onnxruntime", threads=1, fast_decode=True)
+    exact = Detector(onnx_model, backend="onnxruntime", threads=1)
+    assert exact.decode_min_side is None
+    data = (images / "mask.jpg").read_bytes()  # 1879x2059: decoded at 1/4
+    (a,), (b,) = fast.detect_raw([data]), exact.detect_raw([data])
+    assert a.geometry[:2].tolist() == b.geometry[:2].tolist() == [1879, 2059]
+    boxes_a, _ = to_pixels(a.faces, a.geometry)
+    boxes_b, _ = to_pixels(b.faces, b.geometry)
+    iou = box_iou(boxes_b, boxes_a)
+    assert (iou.max(axis=1) > 0.8).all()  # the same faces, in original pixels

@@ -59,6 +59,10 @@ class FaceDetectionHandler:
             threads=threads,
             max_pixels=int(settings.get("max_pixels", 40_000_000)),
             max_batch=int(settings.get("max_batch", 32)),
+            fast_decode=os.environ.get(
+                "YOLOV5FACE_FAST_DECODE", str(settings.get("fast_decode", False))
+            ).lower()
+            in ("1", "true", "yes"),
         )
         batch_size = int(context.system_properties.get("batch_size") or 1)
         self.detector.warmup(tuple(sorted({1, batch_size})))

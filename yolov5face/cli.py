@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,11 @@ def _add_model_args(p: argparse.ArgumentParser, conf: float) -> None:
     p.add_argument("--conf", type=float, default=conf, help=f"score threshold (default {conf})")
     p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the backend")
+    p.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="decode large JPEGs at 1/2..1/8 scale (faster; outputs change slightly)",
+    )
 
 
 def _detector(args: argparse.Namespace):
@@ -60,6 +66,7 @@ def _detector(args: argparse.Namespace):
         conf=args.conf,
         iou=args.iou,
         threads=args.threads,
+        fast_decode=args.fast_decode,
     )
 
 
@@ -244,19 +251,25 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--img-size", type=int, default=320)
     x.add_argument("--opset", type=int, default=17)
     x.set_defaults(func=_cmd_export)
-    x = xsub.add_parser("engine", help="TensorRT engine(s) into a cache directory (GPU only)",
-                        epilog=_EXPORT_EXAMPLES,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    x = xsub.add_parser(
+        "engine",
+        help="TensorRT engine(s) into a cache directory (GPU only)",
+        epilog=_EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     x.add_argument("--weights")
-    x.add_argument("--method", choices=("onnx", "torch2trt"), default="onnx",
-                   help="onnx: one engine, batch profile 1..max (default); "
-                   "torch2trt: one fixed-batch engine per bucket 1,2,4,..,max")
+    x.add_argument(
+        "--method",
+        choices=("onnx", "torch2trt"),
+        default="onnx",
+        help="onnx: one engine, batch profile 1..max (default); "
+        "torch2trt: one fixed-batch engine per bucket 1,2,4,..,max",
+    )
     x.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True)
     x.add_argument("--max-batch", type=int, default=32)
     x.add_argument("--img-size", type=int, default=320)
     x.add_argument("--out", required=True, help="engine cache directory")
     x.set_defaults(func=_cmd_export)
-    import os
 
     store_default = os.environ.get("YOLOV5FACE_MODEL_STORE", "model-store")
     p = sub.add_parser(
@@ -323,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from yolov5face.imagedecode import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from yolov5face.imagedecode import DEFAULT_MAX_PIXELS, ImageError, decode_with_size
 from yolov5face.letterbox import letterbox_batch
 from yolov5face.postprocess import Faces, decode_predictions, to_json_faces
 
@@ -45,6 +45,7 @@ class Detector:
         threads: int | None = None,
         device: str | None = None,
         max_batch: int = 32,
+        fast_decode: bool = False,
     ):
         from yolov5face.backends import create_backend
         from yolov5face.paths import default_weights
@@ -69,6 +70,8 @@ class Detector:
         self.conf, self.iou = conf, iou
         self.max_pixels = max_pixels
         self.max_batch = max_batch
+        # Opt-in DCT-scaled JPEG decoding (default off: it keeps golden parity exact).
+        self.decode_min_side = self.img_size if fast_decode else None
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Warm the whole pipeline up (codec import, allocations, backend init) before traffic."""
@@ -79,14 +82,23 @@ class Detector:
             self.detect([sample] * n)
 
     def detect_images(
-        self, images: Sequence[np.ndarray], timings: dict | None = None
+        self,
+        images: Sequence[np.ndarray],
+        timings: dict | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[Detection]:
-        """Run decoded BGR images through letterbox, the network and post-processing."""
+        """Run decoded BGR images through letterbox, the network and post-processing.
+
+        `sizes` are the images' full (width, height) when they were decoded at a reduced scale,
+        so that pixel coordinates refer to the original image.
+        """
         out: list[Detection] = []
         for start in range(0, len(images), self.max_batch):
             chunk = images[start : start + self.max_batch]
             t0 = time.perf_counter()
             batch, geometry = letterbox_batch(chunk, self.img_size)
+            if sizes is not None:
+                geometry[:, :2] = sizes[start : start + self.max_batch]
             t1 = time.perf_counter()
             raw = self.backend.infer(batch)
             t2 = time.perf_counter()
@@ -117,17 +129,19 @@ class Detector:
         """Image bytes -> Detection per image, or the ImageError that image raised."""
         t0 = time.perf_counter()
         results: list[Detection | ImageError] = []
-        images, slots = [], []
+        images, sizes, slots = [], [], []
         for k, blob in enumerate(blobs):
             try:
-                images.append(decode_image(blob, self.max_pixels))
+                image, size = decode_with_size(blob, self.max_pixels, self.decode_min_side)
+                images.append(image)
+                sizes.append(size)
                 slots.append(k)
                 results.append(None)  # type: ignore[arg-type]
             except ImageError as exc:
                 results.append(exc)
         if timings is not None:
             timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
-        for k, detection in zip(slots, self.detect_images(images, timings)):
+        for k, detection in zip(slots, self.detect_images(images, timings, sizes)):
             results[k] = detection
         return results
 
@@ -150,4 +164,5 @@ class Detector:
             "conf": self.conf,
             "iou": self.iou,
             "weights": str(self.weights),
+            "fast_decode": self.decode_min_side is not None,
         }

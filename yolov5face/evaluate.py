@@ -21,7 +21,6 @@ def progress(iterable, total: int, desc: str):
 
 def run_widerface(detector, images: Path, gt_path: Path, batch: int = 8) -> dict[str, float]:
     """Detect on every ground-truth image and return easy/medium/hard AP (fractions)."""
-    from yolov5face.imagedecode import decode_image
     from yolov5face.postprocess import to_pixels
     from yolov5face.widerface import evaluate, load_ground_truth
 
@@ -35,8 +34,10 @@ def run_widerface(detector, images: Path, gt_path: Path, batch: int = 8) -> dict
     detections: dict[str, np.ndarray] = {}
     chunks = [keys[i : i + batch] for i in range(0, len(keys), batch)]
     for chunk in progress(chunks, total=len(chunks), desc="widerface"):
-        decoded = [decode_image((images / k).read_bytes()) for k in chunk]
-        for key, det in zip(chunk, detector.detect_images(decoded)):
+        results = detector.detect_raw([(images / k).read_bytes() for k in chunk])
+        for key, det in zip(chunk, results):
+            if isinstance(det, Exception):
+                raise det
             boxes, _ = to_pixels(det.faces, det.geometry)
             detections[key] = np.concatenate((boxes, det.faces.scores[:, None]), axis=1)
     return evaluate(detections, truth)

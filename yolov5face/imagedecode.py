@@ -72,8 +72,31 @@ def image_size(data: bytes) -> tuple[str, int, int]:
     raise ImageError("not an image: unrecognised format (JPEG, PNG, BMP and WebP are accepted)")
 
 
-def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT_MAX_PIXELS):
+def reduction_factor(width: int, height: int, min_side: int) -> int:
+    """Largest JPEG DCT scale-down (1, 2, 4, 8) that keeps the long side >= `min_side`."""
+    return next((f for f in (8, 4, 2) if max(width, height) / f >= min_side), 1)
+
+
+def decode_image(
+    data: bytes | bytearray | memoryview,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+):
     """Decode image bytes to a BGR uint8 (H, W, 3) array, or raise `ImageError`."""
+    return decode_with_size(data, max_pixels, min_side)[0]
+
+
+def decode_with_size(
+    data: bytes | bytearray | memoryview,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode to BGR uint8 plus the image's full (width, height), or raise `ImageError`.
+
+    `min_side` turns on the opt-in fast mode for JPEGs: decode at 1/2, 1/4 or 1/8 scale
+    (DCT scaling, much cheaper) while the long side stays >= `min_side`. Off by default: it
+    changes pixels, hence outputs slightly (see docs/benchmarks.md, JPEG decode study).
+    """
     import cv2
 
     data = bytes(data)
@@ -86,7 +109,20 @@ def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT
         raise ImageError(
             f"image too large: {width}x{height} = {width * height} pixels (limit {max_pixels})"
         )
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    flags = cv2.IMREAD_COLOR
+    if min_side and fmt == "jpeg":
+        factor = reduction_factor(width, height, min_side)
+        flags = {
+            1: flags,
+            2: cv2.IMREAD_REDUCED_COLOR_2,
+            4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8,
+        }[factor]
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
         raise ImageError(f"cannot decode {fmt} image: corrupt or truncated data")
-    return image
+    if flags == cv2.IMREAD_COLOR:
+        return image, (image.shape[1], image.shape[0])
+    if (image.shape[1] >= image.shape[0]) != (width >= height):
+        width, height = height, width  # EXIF orientation rotated the decoded image
+    return image, (width, height)
