@@ -69,9 +69,16 @@ KEY = EngineKey("ab" * 32, 320, 32, "fp16", "10.5.0", "Tesla T4", "7.5")
 
 @pytest.mark.parametrize(
     "field,value",
-    [("model_sha256", "cd" * 32), ("img_size", 640), ("max_batch", 16), ("precision", "fp32"),
-     ("tensorrt_version", "10.6.0"), ("gpu_name", "NVIDIA A10G"), ("compute_capability", "8.6"),
-     ("method", "torch2trt")],
+    [
+        ("model_sha256", "cd" * 32),
+        ("img_size", 640),
+        ("max_batch", 16),
+        ("precision", "fp32"),
+        ("tensorrt_version", "10.6.0"),
+        ("gpu_name", "NVIDIA A10G"),
+        ("compute_capability", "8.6"),
+        ("method", "torch2trt"),
+    ],
 )
 def test_engine_key_changes_with_every_field(field, value):
     from dataclasses import replace
@@ -120,4 +127,14 @@ def test_engine_cache_detects_tampered_entry(tmp_path):
 
 
 def test_buckets():
-    assert [bucket_for(n) for n in (1, 2, 3, 5, 8, 9, 31, 32, 40)] == [1, 2, 4, 8, 8, 16, 32, 32, 32]
+    assert [bucket_for(n) for n in (1, 2, 3, 5, 8, 9, 31, 32, 40)] == [
+        1,
+        2,
+        4,
+        8,
+        8,
+        16,
+        32,
+        32,
+        32,
+    ]

@@ -330,3 +330,45 @@ def test_docker_entrypoint_cpu_mode(tmp_path, weights, expected):
         for p in psutil.process_iter(["cmdline"])
         if str(tmp_path / "store") in " ".join(p.info["cmdline"] or [])
     ]
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_qps_tool_against_the_server(server, images, transport, tmp_path):
+    """The load tester against the real server: bounded, verified, JSON summary last."""
+    url = server.grpc if transport == "grpc" else server.http
+    args = ["--grpc"] if transport == "grpc" else []
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "yolov5face",
+            "qps",
+            "--url",
+            url,
+            *args,
+            "--images",
+            str(images / "zidane.jpg"),
+            str(images / "bus.jpg"),
+            "--concurrency",
+            "1,4",
+            "--requests",
+            "24",
+            "--duration",
+            "30",
+            "--warmup",
+            "0",
+            "--verify",
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [lvl["concurrency"] for lvl in summary["levels"]] == [1, 4]
+    for level in summary["levels"]:
+        assert level["ok"] == level["requests"] == 24
+        assert level["mismatches"] == 0 and level["errors"] == {}
+        assert level["p50_ms"] > 0 and level["qps"] > 0

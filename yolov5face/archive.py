@@ -42,8 +42,13 @@ def _inputs_digest(weights_sha: str, img_size: int, config: dict) -> str:
     from yolov5face import __version__
 
     digest = hashlib.sha256()
-    for part in (weights_sha, str(img_size), json.dumps(config, sort_keys=True), __version__,
-                 HANDLER.read_text()):
+    for part in (
+        weights_sha,
+        str(img_size),
+        json.dumps(config, sort_keys=True),
+        __version__,
+        HANDLER.read_text(),
+    ):
         digest.update(part.encode())
     for source in sorted((REPO_ROOT / "yolov5face").glob("*.py")):
         if source.name in {"model.py", "export.py", "checkpoint.py"}:
@@ -84,9 +89,20 @@ def build_archive(
         out_dir = Path(tmp) / "out"
         out_dir.mkdir()
         cmd = [
-            archiver, "--model-name", MODEL_NAME, "--version", "1.0",
-            "--handler", str(HANDLER), "--serialized-file", str(onnx_path),
-            "--config-file", str(config_path), "--export-path", str(out_dir), "--force",
+            archiver,
+            "--model-name",
+            MODEL_NAME,
+            "--version",
+            "1.0",
+            "--handler",
+            str(HANDLER),
+            "--serialized-file",
+            str(onnx_path),
+            "--config-file",
+            str(config_path),
+            "--export-path",
+            str(out_dir),
+            "--force",
         ]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         os.replace(out_dir / f"{MODEL_NAME}.mar", target)  # atomic within one filesystem

@@ -46,8 +46,13 @@ def _predictions_url(url: str, model: str) -> str:
 class Client:
     """Blocking HTTP client (keep-alive session); PUTs raw bytes like the reference client."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", model: str = MODEL,
-                 token: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        model: str = MODEL,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ):
         import requests
 
         self.url = _predictions_url(url, model)
@@ -85,8 +90,14 @@ class Client:
 class AsyncClient:
     """asyncio HTTP client on one pooled aiohttp session."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8080", model: str = MODEL,
-                 token: str | None = None, timeout: float = 30.0, connections: int = 64):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        model: str = MODEL,
+        token: str | None = None,
+        timeout: float = 30.0,
+        connections: int = 64,
+    ):
         self.url = _predictions_url(url, model)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
@@ -131,9 +142,17 @@ def grpc_modules(cache: Path | None = None) -> tuple[ModuleType, ModuleType]:
         import google.rpc.status_pb2  # noqa: F401  (googleapis-common-protos provides the import)
 
         status_dir = Path(importlib.util.find_spec("google.rpc").submodule_search_locations[0])
-        cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{out}", f"-I{includes}",
-               f"-I{status_dir.parent.parent}", f"--python_out={out}",
-               f"--grpc_python_out={out}", str(out / "inference.proto")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{out}",
+            f"-I{includes}",
+            f"-I{status_dir.parent.parent}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            str(out / "inference.proto"),
+        ]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
     if str(out) not in sys.path:
         sys.path.insert(0, str(out))
@@ -143,8 +162,13 @@ def grpc_modules(cache: Path | None = None) -> tuple[ModuleType, ModuleType]:
 class GrpcClient:
     """TorchServe gRPC inference client: `Predictions` with the bytes under input key `data`."""
 
-    def __init__(self, target: str = "127.0.0.1:7070", model: str = MODEL,
-                 token: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        target: str = "127.0.0.1:7070",
+        model: str = MODEL,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ):
         import grpc
 
         self._pb2, pb2_grpc = grpc_modules()

@@ -42,18 +42,32 @@ def gpu_identity() -> tuple[str, str]:
         return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
-def engine_key(model_sha256: str, img_size: int, max_batch: int, fp16: bool,
-               method: str = "onnx") -> EngineKey:
+def engine_key(
+    model_sha256: str, img_size: int, max_batch: int, fp16: bool, method: str = "onnx"
+) -> EngineKey:
     """The cache key of an engine for this model on this machine's GPU and TensorRT."""
     import tensorrt as trt
 
     name, capability = gpu_identity()
-    return EngineKey(model_sha256, img_size, max_batch, "fp16" if fp16 else "fp32",
-                     trt.__version__, name, capability, method)
+    return EngineKey(
+        model_sha256,
+        img_size,
+        max_batch,
+        "fp16" if fp16 else "fp32",
+        trt.__version__,
+        name,
+        capability,
+        method,
+    )
 
 
-def build_engine_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, max_batch: int = 32,
-                      fp16: bool = True, workspace: int = WORKSPACE_BYTES) -> None:
+def build_engine_onnx(
+    onnx_path: str | os.PathLike,
+    out: str | os.PathLike,
+    max_batch: int = 32,
+    fp16: bool = True,
+    workspace: int = WORKSPACE_BYTES,
+) -> None:
     """Parse the ONNX model and build one engine with a batch profile 1..max_batch."""
     import tensorrt as trt
 
@@ -75,8 +89,11 @@ def build_engine_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, max_
         if not builder.platform_has_fast_fp16:
             logger.warning("this GPU has no fast fp16: building anyway as asked")
         config.set_flag(trt.BuilderFlag.FP16)
-    tensor = next(network.get_input(i) for i in range(network.num_inputs)
-                  if network.get_input(i).name == INPUT_NAME)
+    tensor = next(
+        network.get_input(i)
+        for i in range(network.num_inputs)
+        if network.get_input(i).name == INPUT_NAME
+    )
     _, c, h, w = tensor.shape
     profile = builder.create_optimization_profile()
     opt = min(max(1, max_batch // 2), max_batch)
@@ -88,9 +105,14 @@ def build_engine_onnx(onnx_path: str | os.PathLike, out: str | os.PathLike, max_
     Path(out).write_bytes(bytes(serialized))
 
 
-def build_engine_torch2trt(weights: str | os.PathLike, out: str | os.PathLike, batch: int,
-                           img_size: int = 320, fp16: bool = True,
-                           module_out: str | os.PathLike | None = None) -> None:
+def build_engine_torch2trt(
+    weights: str | os.PathLike,
+    out: str | os.PathLike,
+    batch: int,
+    img_size: int = 320,
+    fp16: bool = True,
+    module_out: str | os.PathLike | None = None,
+) -> None:
     """Convert the torch model with torch2trt for one fixed batch size; write its engine.
 
     torch2trt's dynamic-batch support is limited, so this builds one engine per batch bucket.
@@ -105,9 +127,15 @@ def build_engine_torch2trt(weights: str | os.PathLike, out: str | os.PathLike, b
     model = load_model(weights).cuda().eval()
     x = torch.rand(batch, 3, img_size, img_size, device="cuda")
     with torch.inference_mode():
-        trt_model = torch2trt(model, [x], fp16_mode=fp16, max_batch_size=batch,
-                              max_workspace_size=WORKSPACE_BYTES,
-                              input_names=["images"], output_names=["predictions"])
+        trt_model = torch2trt(
+            model,
+            [x],
+            fp16_mode=fp16,
+            max_batch_size=batch,
+            max_workspace_size=WORKSPACE_BYTES,
+            input_names=["images"],
+            output_names=["predictions"],
+        )
     if module_out is not None:
         torch.save(trt_model.state_dict(), module_out)
         reloaded = TRTModule()

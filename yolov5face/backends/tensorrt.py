@@ -38,7 +38,9 @@ class _Engine:
         if self.v3:
             names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
             if {INPUT_NAME, OUTPUT_NAME} - names:
-                raise RuntimeError(f"engine tensors {sorted(names)} lack {INPUT_NAME}/{OUTPUT_NAME}")
+                raise RuntimeError(
+                    f"engine tensors {sorted(names)} lack {INPUT_NAME}/{OUTPUT_NAME}"
+                )
             in_dtype = trt.nptype(self.engine.get_tensor_dtype(INPUT_NAME))
             out_dtype = trt.nptype(self.engine.get_tensor_dtype(OUTPUT_NAME))
         else:
@@ -102,8 +104,9 @@ class TensorRTBackend:
         self.trt_version = trt.__version__
 
     @classmethod
-    def from_weights(cls, weights: str | os.PathLike, img_size: int = 320, max_batch: int = 32,
-                     fp16: bool = True) -> TensorRTBackend:
+    def from_weights(
+        cls, weights: str | os.PathLike, img_size: int = 320, max_batch: int = 32, fp16: bool = True
+    ) -> TensorRTBackend:
         """Engine for an exported ONNX (or a checkpoint, exported first), through the cache."""
         from yolov5face.backends.onnxruntime import read_model_info
         from yolov5face.engine_cache import EngineCache, default_cache_dir
@@ -112,12 +115,16 @@ class TensorRTBackend:
 
         weights = Path(weights)
         cache = EngineCache(default_cache_dir())
-        onnx_path = weights if weights.suffix == ".onnx" else cached_onnx(
-            weights, img_size, cache.directory / "onnx")
+        onnx_path = (
+            weights
+            if weights.suffix == ".onnx"
+            else cached_onnx(weights, img_size, cache.directory / "onnx")
+        )
         import onnxruntime as ort  # reads the metadata only; no session is kept
 
-        info = read_model_info(ort.InferenceSession(str(onnx_path),
-                                                    providers=["CPUExecutionProvider"]))
+        info = read_model_info(
+            ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        )
         key = engine_key(info.sha256, info.img_size, max_batch, fp16, "onnx")
         path = cache.get_or_build(
             key, lambda tmp: build_engine_onnx(onnx_path, tmp, max_batch=max_batch, fp16=fp16)
@@ -139,5 +146,9 @@ class TensorRTBackend:
 
     def describe(self) -> dict[str, Any]:
         """Engine facts."""
-        return {"backend": self.name, "tensorrt": self.trt_version,
-                "engines": sorted(self.engines), "precision": "fp16 (engine)"}
+        return {
+            "backend": self.name,
+            "tensorrt": self.trt_version,
+            "engines": sorted(self.engines),
+            "precision": "fp16 (engine)",
+        }
