@@ -1,0 +1,204 @@
+"""`yolov5face bench`: quick runs (no timing asserts), the baseline's fairness, the report."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from yolov5face import bench
+from yolov5face.cli import main
+from yolov5face.compare import compare_faces
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory, onnx_model: Path, weights: Path):
+    """A private YOLOV5FACE_CACHE holding the session's export under its cached name."""
+    from yolov5face.export import cached_onnx
+
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("YOLOV5FACE_CACHE", str(cache))
+        cached_onnx(weights, 320, cache / "onnx")  # exported once for this module
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def model_result(onnx_cache, weights: Path) -> dict:
+    """`bench model` through the CLI: the JSON summary is the last stdout line."""
+    out = io.StringIO()
+    argv = ["bench", "model", "--weights", str(weights), "--batch", "1,2", "--threads", "1"]
+    argv += ["--seconds", "0.05", "--rounds", "1"]
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def pipeline_result(onnx_cache, weights: Path) -> dict:
+    return bench.bench_pipeline(
+        weights,
+        images=["zidane.jpg"],
+        batches=(1, 2),
+        seconds=0.05,
+        rounds=1,
+        warmup=1,
+        postprocess_seconds=0.02,
+    )
+
+
+@pytest.fixture(scope="module")
+def memory_result(onnx_model: Path) -> dict:
+    return bench.bench_memory(onnx_model, images=5, files=["zidane.jpg", "test.jpg"])
+
+
+def test_model_rows_have_positive_throughput_for_both_backends(model_result):
+    rows = model_result["rows"]
+    assert {r["backend"] for r in rows} == {"torch", "onnxruntime"}
+    assert {(r["batch"], r["threads"]) for r in rows} == {(1, 1), (2, 1)}
+    assert all(r["images_per_s"] > 0 and r["ms_per_batch"] > 0 and r["runs"] >= 1 for r in rows)
+    assert set(model_result["ratios_onnxruntime_over_torch"]) == {"b1 t1", "b2 t1"}
+    assert model_result["headline"]["name"] == "onnxruntime b2 t1 / torch b2 t1"
+
+
+@pytest.mark.parametrize("name", ["zidane.jpg", "test.jpg"])
+def test_reference_pipeline_gives_the_detectors_faces(detector, weights, images, name):
+    from yolov5face.reference_pipeline import ReferencePipeline
+
+    blob = (images / name).read_bytes()
+    ours = detector.detect([blob])[0]
+    reference = ReferencePipeline(weights).detect_one(blob)
+    assert len(ours) == {"zidane.jpg": 2, "test.jpg": 67}[name]
+    assert compare_faces(ours, reference) == []
+    assert [list(f) for f in reference] == [["xywh_ratio", "conf", "landmarks_ratio"]] * len(ours)
+
+
+def test_reference_handler_answers_like_torchserve_expects(weights, images):
+    spec = importlib.util.spec_from_file_location(
+        "reference_handler", ROOT / "torchserve" / "reference_handler.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Context:
+        system_properties = {"model_dir": str(weights.parent)}
+        manifest = {"model": {"serializedFile": weights.name}}
+
+        def __init__(self) -> None:
+            self.statuses: dict[int, int] = {}
+
+        def set_response_content_type(self, idx: int, value: str) -> None:
+            assert value == "application/json"
+
+        def set_response_status(self, code: int, message: str, idx: int) -> None:
+            self.statuses[idx] = code
+
+    context = Context()
+    rows = [{"body": bytearray((images / "zidane.jpg").read_bytes())}, {"body": b"not an image"}]
+    out = module.handle(rows, context)
+    assert len(json.loads(out[0])) == 2
+    assert "error" in json.loads(out[1]) and context.statuses == {1: 400}
+
+
+def test_pipeline_rows_stages_and_postprocess(pipeline_result):
+    rows = pipeline_result["rows"]
+    assert [(r["pipeline"], r["batch"]) for r in rows] == [
+        ("ours", 1),
+        ("ours", 2),
+        ("baseline", 1),
+    ]
+    for row in rows:
+        assert row["images_per_s"] > 0
+        assert all(row["stages_ms"][s] > 0 for s in ("decode", "infer", "postprocess", "json"))
+    assert len(pipeline_result["comparisons"]) == 2
+    post = pipeline_result["postprocess"]["zidane.jpg"]
+    assert post["faces_ours"] == post["faces_baseline"] == 2
+
+
+def test_memory_child_serves_without_torch(memory_result):
+    assert memory_result["torch_imported"] is False
+    assert memory_result["exit_code"] == 0
+    assert memory_result["images"] == 5 and memory_result["faces"] == 2 + 67 + 2 + 67 + 2
+    assert 0 < memory_result["rss_loaded_mb"] <= memory_result["peak_rss_mb"]
+
+
+def _level(concurrency: int, qps: float, p99: float) -> dict:
+    return {
+        "concurrency": concurrency,
+        "qps": qps,
+        "p50_ms": p99 / 2,
+        "p99_ms": p99,
+        "ok": 10,
+        "requests": 10,
+        "errors": {},
+        "elapsed_s": 1.0,
+    }
+
+
+def _served(workers: int, levels: list[dict]) -> dict:
+    worker = {"rss_mb": 300.0, "uss_mb": 200.0}
+    return {
+        "model": "m",
+        "workers": workers,
+        "startup_s": 5.0,
+        "levels": levels,
+        "requests_served": 40,
+        "memory": {"frontend_mb": 250.0, "frontend_uss_mb": 240.0, "workers": [worker] * workers},
+    }
+
+
+@pytest.fixture
+def server_result() -> dict:
+    """A server result with made-up numbers: checks the arithmetic, not TorchServe."""
+    result = {
+        "image": "zidane.jpg",
+        "levels": [1, 4],
+        "duration_s": 1.0,
+        "requests_target": 40,
+        "bare_torch": {"rss_mb": 220.0, "uss_mb": 200.0},
+        "ceiling": {"processes": 2, "threads": 1, "images_per_s": 100.0},
+        "ours": _served(2, [_level(1, 40.0, 30.0), _level(4, 90.0, 60.0)]),
+        "reference": _served(4, [_level(1, 20.0, 60.0), _level(4, 30.0, 150.0)]),
+    }
+    bench._server_summary(result)
+    return result
+
+
+def test_server_summary_compares_at_the_same_p99(server_result):
+    assert server_result["ours_over_ceiling"] == 0.9 and server_result["ceiling_met"]
+    assert server_result["vs_reference"] == {
+        "p99_budget_ms": 150.0,
+        "ours_qps": 90.0,
+        "reference_qps": 30.0,
+        "ratio": 3.0,
+    }
+    assert server_result["at_p99"][0]["ratio"] == 4.5  # within 60 ms: ours 90 QPS, reference 20
+    assert server_result["ours"]["memory"]["workers_minus_bare_torch_mb"] == [80.0, 80.0]
+
+
+def test_report_has_every_section_and_plot(
+    tmp_path, model_result, pipeline_result, memory_result, server_result
+):
+    results = {
+        "environment": bench.environment(),
+        "model": model_result,
+        "pipeline": pipeline_result,
+        "memory": memory_result,
+        "server": server_result,
+        "elapsed_s": 12.0,
+    }
+    out = tmp_path / "docs" / "benchmarks.md"
+    bench.write_report(results, out, bench.ReportSettings.quick(), quick=True)
+    text = out.read_text()
+    for heading in ("## Targets", "## 1. Model", "## 2. Pipeline", "## 3. Memory", "## 4. Server"):
+        assert heading in text
+    assert "## GPU" in text and "untested" in text
+    for png in ("bench_model", "bench_pipeline", "bench_server", "bench_memory"):
+        assert (tmp_path / "docs" / "img" / f"{png}.png").stat().st_size > 1000
+        assert f"img/{png}.png" in text
