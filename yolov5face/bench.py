@@ -1316,7 +1316,7 @@ class ReportSettings:
     memory_images: int = 1000
     server_levels: tuple[int, ...] = DEFAULT_LEVELS
     server_duration: float = 8.0
-    server_requests: int = 2000
+    server_requests: int = 10000
     ceiling_seconds: float = 10.0
     server_warmup: float = 5.0
     rounds: int = 5
