@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +12,9 @@ from pathlib import Path
 
 import requests
 
+from yolov5face.server import private_listeners
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass
@@ -75,20 +63,12 @@ def start_server(
     command: list[str] | None = None,
 ) -> Server:
     """Start `yolov5face serve` (or `command`) in its own session on private ports/sockets."""
-    http, mgmt, metrics, grpc_inf, grpc_mgmt = free_ports(5)
+    listeners, urls = private_listeners()
     env = {
         **os.environ,
         "YOLOV5FACE_WEIGHTS": str(weights),
         "YOLOV5FACE_WORKERS": str(workers),
-        "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{http}",
-        "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{mgmt}",
-        "TS_METRICS_ADDRESS": f"http://127.0.0.1:{metrics}",
-        "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
-        "TS_GRPC_INFERENCE_PORT": str(grpc_inf),
-        "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
-        "TS_GRPC_MANAGEMENT_PORT": str(grpc_mgmt),
-        # worker sockets are /tmp/.ts.sock.<port>: keep them apart from any other TorchServe
-        "TS_INITIAL_WORKER_PORT": str(random.randint(20000, 60000)),
+        **listeners,
         **(extra_env or {}),
     }
     workdir.mkdir(parents=True, exist_ok=True)
@@ -112,11 +92,5 @@ def start_server(
             start_new_session=True,
         )
     return Server(
-        proc,
-        workdir,
-        f"http://127.0.0.1:{http}",
-        f"http://127.0.0.1:{mgmt}",
-        f"http://127.0.0.1:{metrics}",
-        f"127.0.0.1:{grpc_inf}",
-        log,
+        proc, workdir, urls["http"], urls["management"], urls["metrics"], urls["grpc"], log
     )

@@ -264,9 +264,12 @@ def test_token_authorization_mode(tmp_path, weights, model_store, expected):
     try:
         deadline = time.monotonic() + 240
         key_file = tmp_path / ".serve" / "key_file.json"
-        while not key_file.is_file() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        keys = json.loads(key_file.read_text())
+        keys = None
+        while keys is None and time.monotonic() < deadline:
+            try:  # TorchServe may still be writing it
+                keys = json.loads(key_file.read_text())
+            except (OSError, ValueError):
+                time.sleep(0.5)
         inference_key = keys["inference"]["key"]
         management_key = keys["management"]["key"]
         auth = {"Authorization": f"Bearer {management_key}"}

@@ -706,41 +706,13 @@ class RunningServer:
             return ""
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _ts_env(extra: dict[str, str]) -> tuple[dict[str, str], str, str]:
     """Environment with private loopback ports for every TorchServe listener."""
-    import random
+    from yolov5face.server import private_listeners
 
-    http, mgmt, metrics, grpc_inf, grpc_mgmt = _free_ports(5)
-    env = {
-        **os.environ,
-        "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{http}",
-        "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{mgmt}",
-        "TS_METRICS_ADDRESS": f"http://127.0.0.1:{metrics}",
-        "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
-        "TS_GRPC_INFERENCE_PORT": str(grpc_inf),
-        "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
-        "TS_GRPC_MANAGEMENT_PORT": str(grpc_mgmt),
-        # worker sockets are /tmp/.ts.sock.<port>: keep clear of any other TorchServe
-        "TS_INITIAL_WORKER_PORT": str(random.randint(20000, 60000)),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-        **extra,
-    }
-    return env, f"http://127.0.0.1:{http}", f"http://127.0.0.1:{mgmt}"
+    listeners, urls = private_listeners()
+    env = {**os.environ, **listeners, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    return env, urls["http"], urls["management"]
 
 
 def _ours_env(weights: Path, workers: int) -> dict[str, str]:
@@ -810,33 +782,10 @@ def start_ours(workdir: Path, weights: Path, store: Path, workers: int) -> Runni
 
 def start_reference(workdir: Path, store: Path) -> RunningServer:
     """The same TorchServe (config, log config, environment) serving ref.mar."""
-    import shutil
+    from yolov5face.server import CONFIG, torchserve_command, torchserve_env
 
-    from yolov5face.server import CONFIG, LOG_CONFIG
-
-    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-    env, http, mgmt = _ts_env(
-        {
-            "TMPDIR": str(workdir / "tmp"),
-            "LOG_LOCATION": str(workdir / "logs"),
-            "METRICS_LOCATION": str(workdir / "logs"),
-        }
-    )
-    torchserve = shutil.which("torchserve") or str(Path(sys.executable).parent / "torchserve")
-    cmd = [
-        torchserve,
-        "--start",
-        "--foreground",
-        "--ncs",
-        "--model-store",
-        str(store.resolve()),
-        "--ts-config",
-        str(CONFIG),
-        "--log-config",
-        str(LOG_CONFIG),
-        "--models",
-        f"{REFERENCE_MODEL}={REFERENCE_MODEL}.mar",
-    ]
+    env, http, mgmt = _ts_env(torchserve_env(workdir))
+    cmd = torchserve_command(store, CONFIG, f"{REFERENCE_MODEL}={REFERENCE_MODEL}.mar")
     log = workdir / "serve.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from yolov5face.server import free_ports
+
 logger = logging.getLogger(__name__)
 
 _NGINX_CONF = """worker_processes 1;
@@ -33,12 +35,6 @@ http {{
   }}
 }}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, timeout: float = 10.0) -> None:
@@ -60,7 +56,7 @@ def compare_with_wrk(
         logger.warning("wrk or nginx not installed (Debian: apt-get install wrk nginx-light)")
         return None
     with tempfile.TemporaryDirectory(prefix="qps-vs-wrk-") as tmp:
-        port = _free_port()
+        port = free_ports(1)[0]
         conf = Path(tmp) / "nginx.conf"
         conf.write_text(_NGINX_CONF.format(dir=tmp, port=port))
         script = Path(tmp) / "post.lua"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,6 +147,76 @@ def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
     proc.wait()
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on loopback (bound together, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def private_listeners() -> tuple[dict[str, str], dict[str, str]]:
+    """TS_* overrides putting every TorchServe listener on a free loopback port, and the URLs.
+
+    Worker sockets are /tmp/.ts.sock.<port>, so the first worker port is randomised too: two
+    servers on one machine (tests, benchmarks, `make serve`) then never collide.
+    """
+    http, mgmt, metrics, grpc_inf, grpc_mgmt = free_ports(5)
+    env = {
+        "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{http}",
+        "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{mgmt}",
+        "TS_METRICS_ADDRESS": f"http://127.0.0.1:{metrics}",
+        "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
+        "TS_GRPC_INFERENCE_PORT": str(grpc_inf),
+        "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
+        "TS_GRPC_MANAGEMENT_PORT": str(grpc_mgmt),
+        "TS_INITIAL_WORKER_PORT": str(random.randint(20000, 60000)),
+    }
+    urls = {
+        "http": env["TS_INFERENCE_ADDRESS"],
+        "management": env["TS_MANAGEMENT_ADDRESS"],
+        "metrics": env["TS_METRICS_ADDRESS"],
+        "grpc": f"127.0.0.1:{grpc_inf}",
+    }
+    return env, urls
+
+
+def torchserve_env(run_dir: Path) -> dict[str, str]:
+    """Environment for a TorchServe run rooted at `run_dir` (private pid file, logs there)."""
+    (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "TMPDIR": str(run_dir / "tmp"),  # TorchServe's pid file lives here, not in shared /tmp
+        "LOG_LOCATION": os.environ.get("LOG_LOCATION", str(run_dir / "logs")),
+        "METRICS_LOCATION": os.environ.get("METRICS_LOCATION", str(run_dir / "logs")),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def torchserve_command(model_store: Path, config: Path, models: str = "fd1=fd1.mar") -> list[str]:
+    """`torchserve --start --foreground` with our config, log config and models."""
+    torchserve = shutil.which("torchserve") or str(Path(sys.executable).parent / "torchserve")
+    return [
+        torchserve,
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--model-store",
+        str(model_store.resolve()),
+        "--ts-config",
+        str(config.resolve()),
+        "--log-config",
+        str(LOG_CONFIG),
+        "--models",
+        models,
+    ]
+
+
 def serve(
     weights: Path,
     model_store: Path,
@@ -159,30 +231,8 @@ def serve(
     verify_weights(weights)
     build_archive(weights, model_store)
     run_dir = Path(run_dir or ".serve").resolve()
-    (run_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "TMPDIR": str(run_dir / "tmp"),  # TorchServe's pid file lives here, not in shared /tmp
-        "LOG_LOCATION": os.environ.get("LOG_LOCATION", str(run_dir / "logs")),
-        "METRICS_LOCATION": os.environ.get("METRICS_LOCATION", str(run_dir / "logs")),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    torchserve = shutil.which("torchserve") or str(Path(sys.executable).parent / "torchserve")
-    cmd = [
-        torchserve,
-        "--start",
-        "--foreground",
-        "--ncs",
-        "--model-store",
-        str(model_store.resolve()),
-        "--ts-config",
-        str(config.resolve()),
-        "--log-config",
-        str(LOG_CONFIG),
-        "--models",
-        "fd1=fd1.mar",
-    ]
+    env = torchserve_env(run_dir)
+    cmd = torchserve_command(model_store, config)
     logger.info("starting TorchServe: %s", " ".join(cmd))
     proc = subprocess.Popen(cmd, cwd=run_dir, env=env, start_new_session=True)
     stopping = {"signal": None}
