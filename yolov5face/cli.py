@@ -147,7 +147,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return EXIT_OK
     from yolov5face.tensorrt_build import build_engine_cli
 
-    return build_engine_cli(args, weights)
+    print(json.dumps(build_engine_cli(args, weights)))
+    return EXIT_OK
 
 
 def _weights_arg(args: argparse.Namespace) -> Path:

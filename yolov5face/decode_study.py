@@ -125,4 +125,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     study = run_study(Detector(backend="onnxruntime", threads=1), shared_dir())
     sys.stderr.write(to_markdown(study) + "\n")
-    print(json.dumps(study))
+    sys.stdout.write(json.dumps(study) + "\n")

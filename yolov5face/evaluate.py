@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ def progress(iterable, total: int, desc: str):
         from tqdm import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, total=total, desc=desc, unit="img", file=__import__("sys").stderr)
+    return tqdm(iterable, total=total, desc=desc, unit="img", file=sys.stderr)
 
 
 def run_widerface(detector, images: Path, gt_path: Path, batch: int = 8) -> dict[str, float]:

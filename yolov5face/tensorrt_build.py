@@ -7,7 +7,6 @@ without an NVIDIA GPU and TensorRT, and none of it ran on the CPU-only developme
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
@@ -151,8 +150,8 @@ def bucket_for(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
     return next((b for b in buckets if b >= n), buckets[-1])
 
 
-def build_engine_cli(args: argparse.Namespace, weights: str | os.PathLike) -> int:
-    """`yolov5face export engine`: build into the cache directory `--out`, print the paths."""
+def build_engine_cli(args: argparse.Namespace, weights: str | os.PathLike) -> dict:
+    """`yolov5face export engine`: build into the cache directory `--out`; returns the paths."""
     from yolov5face.checkpoint import sha256_file
     from yolov5face.export import cached_onnx
 
@@ -177,5 +176,4 @@ def build_engine_cli(args: argparse.Namespace, weights: str | os.PathLike) -> in
                 ),
             )
             built[str(batch)] = str(path)
-    print(json.dumps({"method": args.method, "engines": built}))
-    return 0
+    return {"method": args.method, "engines": built}
