@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from yolov5face.export import cached_onnx
 from yolov5face.paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -89,16 +90,6 @@ def _weights(args: argparse.Namespace) -> Path:
     from yolov5face.paths import default_weights
 
     return Path(args.weights) if getattr(args, "weights", None) else default_weights()
-
-
-def _onnx_for(weights: Path, img_size: int) -> Path:
-    """The exported ONNX of `weights` (exported once into the cache; imports torch only then)."""
-    if weights.suffix == ".onnx":
-        return weights
-    from yolov5face.export import cached_onnx
-    from yolov5face.paths import cache_dir
-
-    return cached_onnx(weights, img_size, cache_dir() / "onnx")
 
 
 def _bar(total: int, desc: str) -> Any:
@@ -482,7 +473,7 @@ def bench_pipeline(
     from yolov5face.detector import Detector
     from yolov5face.reference_pipeline import ReferencePipeline
 
-    model = _onnx_for(weights, img_size) if backend == "onnxruntime" else weights
+    model = cached_onnx(weights, img_size) if backend == "onnxruntime" else weights
     rows, comparisons, post = [], [], {}
     restore = _torch_threads_keeper()
     for t in threads:
@@ -1758,7 +1749,7 @@ def run_report(
             weights, seconds=settings.model_seconds, rounds=settings.rounds
         )
         results["model"]["ort_options"] = bench_ort_options(
-            _onnx_for(weights, 320), seconds=settings.model_seconds, rounds=settings.rounds
+            cached_onnx(weights, 320), seconds=settings.model_seconds, rounds=settings.rounds
         )
         gc.collect()
     if "pipeline" in sections:
@@ -1772,7 +1763,7 @@ def run_report(
         gc.collect()
     if "memory" in sections:
         logger.warning("bench report: memory")
-        results["memory"] = bench_memory(_onnx_for(weights, 320), settings.memory_images)
+        results["memory"] = bench_memory(cached_onnx(weights, 320), settings.memory_images)
     if "server" in sections:
         logger.warning("bench report: server")
         results["server"] = bench_server(
@@ -1790,7 +1781,7 @@ def run_report(
         from yolov5face.paths import shared_dir
 
         logger.warning("bench report: JPEG decode study")
-        detector = Detector(_onnx_for(weights, 320), backend="onnxruntime", threads=1)
+        detector = Detector(cached_onnx(weights, 320), backend="onnxruntime", threads=1)
         results["decode"] = run_study(
             detector, shared_dir(), seconds=settings.pipeline_seconds / 4, widerface=not quick
         )
@@ -1820,7 +1811,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
         rounds=args.rounds,
     )
     if args.ort_options:
-        onnx = _onnx_for(_weights(args), args.img_size)
+        onnx = cached_onnx(_weights(args), args.img_size)
         result["ort_options"] = bench_ort_options(
             onnx, max(args.batch), max(args.threads), args.seconds, args.rounds
         )
@@ -1848,7 +1839,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_memory(args: argparse.Namespace) -> int:
-    onnx = _onnx_for(_weights(args), args.img_size)
+    onnx = cached_onnx(_weights(args), args.img_size)
     result = bench_memory(onnx, args.images, args.files, timeout=args.timeout)
     _emit(result, memory_tables(result))
     return 0 if result["exit_code"] == 0 else 1

@@ -74,19 +74,19 @@ def run_study(detector, shared: Path, seconds: float = 1.0, widerface: bool = Tr
             ok += not compare_faces(json.loads(path.read_text()), det.to_json())
         result["golden_ok"][method] = f"{ok}/{len(goldens)}"
     if widerface:
-        from yolov5face.postprocess import to_pixels
+        from yolov5face.evaluate import pixel_detections
 
         truth = load_ground_truth(shared / "widerface" / "gt.json")
         conf = detector.conf
         detector.conf = 0.02
         try:
             for method, decode in methods.items():
-                dets = {}
-                for key in sorted(truth):
-                    data = (shared / "widerface" / "images" / key).read_bytes()
-                    det = detector.detect_images([decode(data)], sizes=[image_size(data)[1:]])[0]
-                    boxes, _ = to_pixels(det.faces, det.geometry)
-                    dets[key] = np.concatenate((boxes, det.faces.scores[:, None]), axis=1)
+
+                def detect(blobs: list[bytes], decode=decode) -> list:
+                    sizes = [image_size(b)[1:] for b in blobs]
+                    return detector.detect_images([decode(b) for b in blobs], sizes=sizes)
+
+                dets = pixel_detections(detect, shared / "widerface" / "images", sorted(truth))
                 ap = evaluate(dets, truth)
                 result["widerface"][method] = {k: round(v * 100, 2) for k, v in ap.items()}
         finally:

@@ -69,11 +69,21 @@ def export_onnx(
     return info
 
 
-def cached_onnx(weights: str | os.PathLike, img_size: int, cache_dir: str | os.PathLike) -> Path:
-    """The ONNX export of `weights` at `img_size`, exported once into `cache_dir`."""
-    from yolov5face.checkpoint import sha256_file
+def cached_onnx(
+    weights: str | os.PathLike, img_size: int, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """ONNX for `weights`: the file itself if it is one, else an export made once into the cache.
 
-    path = Path(cache_dir) / f"{sha256_file(weights)[:16]}-{img_size}.onnx"
+    The cache defaults to <$YOLOV5FACE_CACHE>/onnx; torch is imported only to export.
+    """
+    from yolov5face.checkpoint import sha256_file
+    from yolov5face.paths import cache_dir as default_cache
+
+    weights = Path(weights)
+    if weights.suffix == ".onnx":
+        return weights
+    directory = Path(cache_dir) if cache_dir is not None else default_cache() / "onnx"
+    path = directory / f"{sha256_file(weights)[:16]}-{img_size}.onnx"
     if not path.exists():
         export_onnx(weights, path, img_size)
     return path

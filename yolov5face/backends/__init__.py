@@ -51,8 +51,6 @@ def create_backend(
     max_batch: int = 32,
 ) -> Backend:
     """Build the backend for `weights` (.pt/.safetensors checkpoint or exported .onnx)."""
-    from yolov5face.paths import cache_dir
-
     resolved, reason = choose_backend(name)
     logger.info("backend %s (%s)", resolved, reason)
     weights = Path(weights)
@@ -67,8 +65,7 @@ def create_backend(
         from yolov5face.backends.onnxruntime import OnnxRuntimeBackend
         from yolov5face.export import cached_onnx
 
-        onnx_path = weights if is_onnx else cached_onnx(weights, img_size, cache_dir() / "onnx")
-        return OnnxRuntimeBackend(onnx_path, threads=threads)
+        return OnnxRuntimeBackend(cached_onnx(weights, img_size), threads=threads)
     from yolov5face.backends.tensorrt import TensorRTBackend
 
     try:

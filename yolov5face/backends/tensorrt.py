@@ -113,13 +113,8 @@ class TensorRTBackend:
         from yolov5face.export import cached_onnx
         from yolov5face.tensorrt_build import build_engine_onnx, engine_key
 
-        weights = Path(weights)
         cache = EngineCache(default_cache_dir())
-        onnx_path = (
-            weights
-            if weights.suffix == ".onnx"
-            else cached_onnx(weights, img_size, cache.directory / "onnx")
-        )
+        onnx_path = cached_onnx(weights, img_size)
         import onnxruntime as ort  # reads the metadata only; no session is kept
 
         info = read_model_info(
