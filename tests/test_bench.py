@@ -141,15 +141,25 @@ def _level(concurrency: int, qps: float, p99: float) -> dict:
     }
 
 
-def _served(workers: int, levels: list[dict]) -> dict:
-    worker = {"rss_mb": 300.0, "uss_mb": 200.0}
+def _memory(workers: int, worker_rss: float, torch: bool) -> dict:
+    worker = {"rss_mb": worker_rss, "uss_mb": worker_rss - 100, "torch": torch}
+    return {
+        "frontend_mb": 250.0,
+        "frontend_uss_mb": 240.0,
+        "workers": [worker] * workers,
+        "workers_rss_mb_total": workers * worker_rss,
+        "total_rss_mb": 250.0 + workers * worker_rss,
+    }
+
+
+def _served(workers: int, levels: list[dict], worker_rss: float, torch: bool) -> dict:
     return {
         "model": "m",
         "workers": workers,
         "startup_s": 5.0,
         "levels": levels,
         "requests_served": 40,
-        "memory": {"frontend_mb": 250.0, "frontend_uss_mb": 240.0, "workers": [worker] * workers},
+        "memory": _memory(workers, worker_rss, torch),
     }
 
 
@@ -163,8 +173,9 @@ def server_result() -> dict:
         "requests_target": 40,
         "bare_torch": {"rss_mb": 220.0, "uss_mb": 200.0},
         "ceiling": {"processes": 2, "threads": 1, "images_per_s": 100.0},
-        "ours": _served(2, [_level(1, 40.0, 30.0), _level(4, 90.0, 60.0)]),
-        "reference": _served(4, [_level(1, 20.0, 60.0), _level(4, 30.0, 150.0)]),
+        "ours": _served(2, [_level(1, 40.0, 30.0), _level(4, 90.0, 60.0)], 120.0, False),
+        "reference": _served(4, [_level(1, 20.0, 60.0), _level(4, 30.0, 150.0)], 300.0, True),
+        "ours_eager_torch": {"requests_served": 20, "memory": _memory(2, 300.0, True)},
     }
     bench._server_summary(result)
     return result
@@ -179,7 +190,13 @@ def test_server_summary_compares_at_the_same_p99(server_result):
         "ratio": 3.0,
     }
     assert server_result["at_p99"][0]["ratio"] == 4.5  # within 60 ms: ours 90 QPS, reference 20
-    assert server_result["ours"]["memory"]["workers_minus_bare_torch_mb"] == [80.0, 80.0]
+    # ours 250 + 2 x 120 MB against the reference's 250 + 4 x 300 MB
+    assert server_result["memory_vs_reference"] == round(490 / 1450, 3)
+    assert server_result["memory_vs_reference_met"] is True
+    assert server_result["memory_limits_met"] == {"worker": True, "frontend": True}
+    assert server_result["torch_share_of_worker_mb"] == 180.0
+    tables = "\n".join(bench.server_tables(server_result))
+    assert "ours, torch not deferred worker 2" in tables and "34%" in tables
 
 
 def test_report_has_every_section_and_plot(

@@ -245,6 +245,17 @@ def test_worker_killed_under_load_recovers(server, expected):
     print(f"requests failed while the worker was down: {len(failed)} of {len(statuses)}")
 
 
+def test_workers_do_not_load_torch(server, expected):
+    """TorchServe's own `import torch` is deferred: served workers never map libtorch."""
+    predict(server, expected[0]["test.jpg"])
+    for worker in server.workers():
+        proc = psutil.Process(worker["pid"])
+        libs = {m.path for m in proc.memory_maps(grouped=True)}
+        assert any("onnxruntime" in p for p in libs)  # the maps are read and the model is served
+        assert not [p for p in libs if "libtorch" in p]
+        assert proc.memory_info().rss < 350 * 2**20
+
+
 def test_model_registration_is_off(server):
     resp = requests.post(
         f"{server.management}/models", params={"url": "http://x/evil.mar"}, timeout=10

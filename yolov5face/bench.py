@@ -48,6 +48,9 @@ TARGETS = {
     "memory_mb": 150.0,  # in-process ONNX Runtime RSS after 1000 images
     "server_ceiling": 0.8,  # server QPS / in-process ceiling of 2 processes
     "server_vs_reference": 3.0,  # ours / reference QPS at the same p99
+    "server_memory_ratio": 0.5,  # ours (JVM + workers) / reference RSS after 10,000 requests
+    "worker_rss_mb": 350.0,  # each worker's RSS
+    "frontend_rss_mb": 400.0,  # the frontend JVM's RSS
 }
 
 
@@ -754,9 +757,11 @@ def build_reference_archive(
     return store / f"{REFERENCE_MODEL}.mar"
 
 
-def start_ours(workdir: Path, weights: Path, store: Path, workers: int) -> RunningServer:
+def start_ours(
+    workdir: Path, weights: Path, store: Path, workers: int, extra_env: dict | None = None
+) -> RunningServer:
     """`yolov5face serve` (the product) on private ports, in its own session."""
-    env, http, mgmt = _ts_env(_ours_env(weights, workers))
+    env, http, mgmt = _ts_env({**_ours_env(weights, workers), **(extra_env or {})})
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "serve.log"
     with open(log, "wb") as fh:
@@ -855,6 +860,14 @@ def cpu_seconds(processes: Sequence[tuple[str, Any]]) -> dict[str, float]:
     return out
 
 
+def torch_loaded(proc: Any) -> bool | None:
+    """Whether libtorch is mapped into a process (None when its maps cannot be read)."""
+    try:
+        return any("libtorch" in m.path for m in proc.memory_maps(grouped=True))
+    except Exception:  # psutil.Error, or maps unsupported on this OS
+        return None
+
+
 def process_memory(server: RunningServer) -> dict:
     """RSS (and USS) of the frontend JVM and of each worker of a running server, in MB."""
     import psutil
@@ -870,7 +883,9 @@ def process_memory(server: RunningServer) -> dict:
             out["frontend_mb"] = round(rss, 1)
             out["frontend_uss_mb"] = round(uss, 1)
         elif role == "worker":
-            out["workers"].append({"rss_mb": round(rss, 1), "uss_mb": round(uss, 1)})
+            out["workers"].append(
+                {"rss_mb": round(rss, 1), "uss_mb": round(uss, 1), "torch": torch_loaded(proc)}
+            )
         else:
             out["launchers_mb"].append(round(rss, 1))
     worker_rss = [w["rss_mb"] for w in out["workers"]]
@@ -1026,11 +1041,14 @@ def bench_server(
     ready_timeout: float = 300.0,
     reference: bool = True,
     server_warmup: float = 5.0,
+    eager_torch_requests: int = 1000,
 ) -> dict:
     """TorchServe ours vs the in-process ceiling and vs the reference design; memory per process.
 
     Both servers run side by side and the levels alternate between them, so background load
     that drifts during the run hits both alike; the ceiling is measured before and after.
+    With `eager_torch_requests`, ours is then run once more with YOLOV5FACE_LAZY_TORCH=0 for
+    that many requests, to show what TorchServe's own `import torch` costs a worker.
     """
     from yolov5face import qps
 
@@ -1116,6 +1134,10 @@ def bench_server(
             for server, _, _ in running.values():
                 stop_server(server)
         ceilings.append(inprocess_ceiling(onnx, image, workers, ceiling_seconds))
+        if eager_torch_requests:
+            result["ours_eager_torch"] = _eager_torch_memory(
+                root / "eager", weights, store, workers, blob, eager_torch_requests, ready_timeout
+            )
     result["ceiling"] = {
         **ceilings[0],
         "images_per_s": round(float(np.mean([c["images_per_s"] for c in ceilings])), 2),
@@ -1123,6 +1145,27 @@ def bench_server(
     }
     _server_summary(result)
     return result
+
+
+def _eager_torch_memory(
+    workdir: Path,
+    weights: Path,
+    store: Path,
+    workers: int,
+    blob: bytes,
+    requests: int,
+    ready_timeout: float,
+    concurrency: int = 8,
+) -> dict:
+    """Memory of ours with TorchServe's `import torch` left eager, after `requests` requests."""
+    server = start_ours(workdir, weights, store, workers, {"YOLOV5FACE_LAZY_TORCH": "0"})
+    try:
+        wait_workers(server, "fd1", workers, ready_timeout)
+        url = f"{server.http}/predictions/fd1"
+        level = _run_level(url, [("image", blob)], concurrency, 300.0, 0.0, requests)
+        return {"requests_served": level["requests"], "memory": process_memory(server)}
+    finally:
+        stop_server(server)
 
 
 def _server_summary(result: dict) -> None:
@@ -1134,13 +1177,20 @@ def _server_summary(result: dict) -> None:
     ratio = round(best["qps"] / ceiling, 3) if ceiling else None
     result["ours_over_ceiling"] = ratio
     result["ceiling_met"] = _met(ratio, TARGETS["server_ceiling"])
-    bare = result["bare_torch"]["rss_mb"]
-    for name in ("ours", "reference"):
-        if name in result:
-            mem = result[name]["memory"]
-            mem["workers_minus_bare_torch_mb"] = [
-                round(w["rss_mb"] - bare, 1) for w in mem["workers"]
-            ]
+    mem = result["ours"]["memory"]
+    result["memory_limits_met"] = {
+        "worker": _met(max(w["rss_mb"] for w in mem["workers"]), TARGETS["worker_rss_mb"], False),
+        "frontend": _met(mem["frontend_mb"], TARGETS["frontend_rss_mb"], higher=False),
+    }
+    eager = result.get("ours_eager_torch")
+    if eager:
+        lazy_worker = np.mean([w["rss_mb"] for w in mem["workers"]])
+        eager_worker = np.mean([w["rss_mb"] for w in eager["memory"]["workers"]])
+        result["torch_share_of_worker_mb"] = round(float(eager_worker - lazy_worker), 1)
+    if "reference" in result:
+        ratio = mem["total_rss_mb"] / result["reference"]["memory"]["total_rss_mb"]
+        result["memory_vs_reference"] = round(ratio, 3)
+        result["memory_vs_reference_met"] = _met(ratio, TARGETS["server_memory_ratio"], False)
     if "reference" in result:
         comparisons = compare_at_p99(ours["levels"], result["reference"]["levels"])
         result["at_p99"] = comparisons
@@ -1183,21 +1233,37 @@ def server_tables(result: dict, md: bool = False) -> list[str]:
         ]
         out.append(table(["p99 budget ms", "ours QPS", "reference QPS", "ours / reference"], rows))
     bare = result["bare_torch"]
-    rows = [["bare `python -c 'import torch'`", "-", bare["rss_mb"], bare["uss_mb"], "-"]]
-    for name in ("ours", "reference"):
+    rows = [["bare `python -c 'import torch'`", "-", bare["rss_mb"], bare["uss_mb"], "yes"]]
+    totals = []
+    for name, label in _MEMORY_SERVERS:
         if name not in result:
             continue
         mem = result[name]["memory"]
         served = result[name]["requests_served"]
         rows.append(
-            [f"{name} frontend (JVM)", served, mem["frontend_mb"], mem.get("frontend_uss_mb"), "-"]
+            [f"{label} frontend (JVM)", served, mem["frontend_mb"], mem.get("frontend_uss_mb"), "-"]
         )
-        for k, (w, extra) in enumerate(zip(mem["workers"], mem["workers_minus_bare_torch_mb"])):
-            rows.append([f"{name} worker {k + 1}", served, w["rss_mb"], w["uss_mb"], extra])
+        for k, w in enumerate(mem["workers"]):
+            loaded = {True: "yes", False: "no"}.get(w.get("torch"), "?")
+            rows.append([f"{label} worker {k + 1}", served, w["rss_mb"], w["uss_mb"], loaded])
+        ref = result.get("reference", {}).get("memory", {}).get("total_rss_mb")
+        share = f"{100 * mem['total_rss_mb'] / ref:.0f}%" if ref else "-"
+        totals.append(
+            [label, mem["frontend_mb"], mem["workers_rss_mb_total"], mem["total_rss_mb"], share]
+        )
+    out.append(table(["process", "requests served", "RSS MB", "USS MB", "torch loaded"], rows))
     out.append(
-        table(["process", "requests served", "RSS MB", "USS MB", "RSS - bare torch MB"], rows)
+        table(["server", "JVM MB", "workers MB", "total RSS MB", "of the reference"], totals)
     )
     return out
+
+
+# (result key, label) of the servers whose memory is reported, in table order.
+_MEMORY_SERVERS = (
+    ("ours", "ours"),
+    ("ours_eager_torch", "ours, torch not deferred"),
+    ("reference", "reference"),
+)
 
 
 # --------------------------------------------------------------------------- 5. report
@@ -1260,11 +1326,12 @@ class ReportSettings:
     ceiling_seconds: float = 10.0
     server_warmup: float = 5.0
     rounds: int = 5
+    eager_torch_requests: int = 1000
 
     @classmethod
     def quick(cls) -> ReportSettings:
         """Short everything: checks the machinery, not the numbers."""
-        return cls(0.3, 0.4, 50, (1, 4), 1.5, 100, 2.0, 1.0, 2)
+        return cls(0.3, 0.4, 50, (1, 4), 1.5, 100, 2.0, 1.0, 2, 50)
 
 
 def _plt() -> Any:
@@ -1384,15 +1451,17 @@ def plot_memory(memory: dict | None, server: dict | None, path: Path) -> None:
         labels.append("bare python + import torch")
         values.append(server["bare_torch"]["rss_mb"])
         colors.append("tab:gray")
-        for name, color in (("ours", "tab:blue"), ("reference", "tab:orange")):
+        palette = {"ours": "tab:blue", "ours_eager_torch": "tab:purple", "reference": "tab:orange"}
+        for name, label in _MEMORY_SERVERS:
             if name not in server:
                 continue
+            color = palette[name]
             mem = server[name]["memory"]
-            labels.append(f"{name} frontend JVM")
+            labels.append(f"{label} frontend JVM")
             values.append(mem["frontend_mb"] or 0.0)
             colors.append(color)
             for k, w in enumerate(mem["workers"]):
-                labels.append(f"{name} worker {k + 1}")
+                labels.append(f"{label} worker {k + 1}")
                 values.append(w["rss_mb"])
                 colors.append(color)
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.5))
@@ -1507,6 +1576,33 @@ def _target_rows(results: dict) -> list[list[Any]]:
                     srv["vs_reference_met"],
                 ]
             )
+        mem = srv["ours"]["memory"]
+        if "memory_vs_reference" in srv:
+            ref = srv["reference"]["memory"]["total_rss_mb"]
+            rows.append(
+                [
+                    f"server RSS (JVM + workers) ours / reference after "
+                    f"{min(srv['ours']['requests_served'], srv['reference']['requests_served'])} "
+                    "requests",
+                    "<= 50%",
+                    f"{srv['memory_vs_reference'] * 100:.0f}% ({mem['total_rss_mb']:.0f} / "
+                    f"{ref:.0f} MB)",
+                    srv["memory_vs_reference_met"],
+                ]
+            )
+        limits = srv.get("memory_limits_met", {})
+        worst = max(w["rss_mb"] for w in mem["workers"])
+        rows.append(
+            ["ours, largest worker RSS", "<= 350 MB", f"{worst:.0f} MB", limits.get("worker")]
+        )
+        rows.append(
+            [
+                "ours, frontend JVM RSS",
+                "<= 400 MB",
+                f"{mem['frontend_mb']:.0f} MB",
+                limits.get("frontend"),
+            ]
+        )
     return rows
 
 
@@ -1539,7 +1635,8 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
         f"yolov5face bench memory --images {s.memory_images}",
         f"yolov5face bench server --image zidane.jpg --concurrency {levels} "
         f"--duration {s.server_duration:g} --requests {s.server_requests} "
-        f"--ceiling-seconds {s.ceiling_seconds:g} --server-warmup {s.server_warmup:g}",
+        f"--ceiling-seconds {s.ceiling_seconds:g} --server-warmup {s.server_warmup:g} "
+        f"--eager-torch-requests {s.eager_torch_requests}",
     ]
     parts = [
         "# Benchmarks",
@@ -1673,10 +1770,11 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             ),
             "",
             *[t + "\n" for t in server_tables(srv, md=True)],
-            "How TorchServe batches matters here: a worker that takes a batch waits up to the max "
-            "batch delay for up to batch-size queued requests, so while the concurrency is at "
-            f"most the batch size ({srv.get('batch_size', 8)}) one worker tends to take every "
-            "request in flight and the other waits; both workers are busy only above that.",
+            "How TorchServe batches matters here: a worker that takes a request waits up to the "
+            f"max batch delay ({srv.get('max_batch_delay_ms', 5)} ms) for more, up to the batch "
+            f"size ({srv.get('batch_size', 8)}), so at low concurrency one worker may take "
+            "every request in flight while the other waits. docs/operations.md ('CPU hosts') "
+            "has the sweep behind the default batch size and delay.",
             "",
             "The p99 table compares the best QPS each server reaches while keeping p99 within "
             "the budget; the headline budget is the reference's p99 at its peak QPS level. "
@@ -1684,8 +1782,19 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             f"column: the sweep, then a soak at concurrency 8 when the sweep stayed under "
             f"{srv['requests_target']} (the issue asks 10,000: "
             "`yolov5face bench server --requests 10000`). TorchServe's worker imports torch "
-            "itself, so each worker carries torch whichever backend the handler uses; the last "
-            "column is the worker's RSS minus a bare `import torch` process.",
+            "itself (`ts/protocol/otf_message_handler.py`, only to test whether a response is a "
+            "tensor); `yolov5face serve` defers that import in its workers "
+            "(`yolov5face/worker_site/sitecustomize.py`), so torch is only loaded if something "
+            "uses it. 'torch loaded' says whether libtorch is mapped into the process. "
+            + (
+                f"'ours, torch not deferred' is the same server started afterwards with "
+                f"YOLOV5FACE_LAZY_TORCH=0 and measured after "
+                f"{srv['ours_eager_torch']['requests_served']} requests: TorchServe's import "
+                f"of torch costs each worker {srv['torch_share_of_worker_mb']:.0f} MB of RSS. "
+                if "ours_eager_torch" in srv
+                else ""
+            )
+            + "The reference handler uses torch, so its workers load it either way.",
             "",
             f"![server]({plots['server']})",
             "",
@@ -1774,6 +1883,7 @@ def run_report(
             requests=settings.server_requests,
             ceiling_seconds=settings.ceiling_seconds,
             server_warmup=settings.server_warmup,
+            eager_torch_requests=settings.eager_torch_requests,
         )
     if "decode" in sections:
         from yolov5face.decode_study import run_study
@@ -1860,6 +1970,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         ready_timeout=args.ready_timeout,
         reference=not args.no_reference,
         server_warmup=args.server_warmup,
+        eager_torch_requests=args.eager_torch_requests,
     )
     tables = server_tables(result)
     tables.append(
@@ -1997,6 +2108,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--server-warmup", type=float, default=5.0, help="uncounted load before the levels, s"
     )
     q.add_argument("--no-reference", action="store_true", help="skip the reference server")
+    q.add_argument(
+        "--eager-torch-requests",
+        type=int,
+        default=1000,
+        help="then run ours with YOLOV5FACE_LAZY_TORCH=0 for N requests, to measure what "
+        "torch costs a worker (0: skip)",
+    )
     q.set_defaults(func=_cmd_server)
 
     q = sub.add_parser(

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 CONFIG = REPO_ROOT / "config" / "config.properties"
 LOG_CONFIG = REPO_ROOT / "config" / "log4j2.xml"
 CHECKSUMS = REPO_ROOT / "weights" / "checksums.sha256"
+WORKER_SITE = Path(__file__).resolve().parent / "worker_site"
 
 
 class ServeError(RuntimeError):
@@ -195,6 +196,11 @@ def torchserve_env(run_dir: Path) -> dict[str, str]:
         "METRICS_LOCATION": os.environ.get("METRICS_LOCATION", str(run_dir / "logs")),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         "PYTHONUNBUFFERED": "1",
+        # Workers skip TorchServe's unused `import torch` (see worker_site/sitecustomize.py).
+        "YOLOV5FACE_LAZY_TORCH": os.environ.get("YOLOV5FACE_LAZY_TORCH", "1"),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(WORKER_SITE), os.environ.get("PYTHONPATH", "")) if p
+        ),
     }
 
 
