@@ -24,6 +24,13 @@ def test_onnx_metadata_and_checker(onnx_model, weights):
     assert batch_dim.dim_param == "batch"
 
 
+def test_onnx_graph_has_no_run_time_shape_arithmetic(onnx_model):
+    """Only the batch axis is dynamic: reshapes use constant targets, no Shape/Gather chains."""
+    ops = [node.op_type for node in onnx.load(onnx_model).graph.node]
+    assert {"Shape", "Gather", "Mod", "Div"}.isdisjoint(ops), sorted(set(ops))
+    assert "Conv" in ops and "Transpose" in ops
+
+
 def test_onnxruntime_equals_torch_raw(detectors, images):
     from yolov5face.imagedecode import decode_image
     from yolov5face.letterbox import letterbox_batch

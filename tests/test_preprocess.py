@@ -44,6 +44,19 @@ def test_letterbox_geometry_and_padding():
     assert np.allclose(batch[1, :, :70, :], 128 / 255.0)
 
 
+@pytest.mark.parametrize("shape", [(57, 101), (720, 1280), (2059, 1879), (320, 320), (1, 5000)])
+def test_letterbox_matches_the_plain_canvas_recipe_bit_for_bit(shape):
+    """The plane-by-plane fast path equals canvas -> RGB -> CHW -> /255 exactly."""
+    image = np.random.default_rng(1).integers(0, 256, (*shape, 3), np.uint8)
+    batch, geo = letterbox_batch([image, image], 320)
+    w1, h1, padw, padh = (int(v) for v in geo[0, 2:])
+    resized = image if (h1, w1) == shape else cv2.resize(image, (w1, h1))
+    canvas = np.full((320, 320, 3), 128, np.uint8)
+    canvas[padh : padh + h1, padw : padw + w1] = resized
+    expected = canvas[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    assert np.array_equal(batch[0], expected) and np.array_equal(batch[1], expected)
+
+
 def _jpeg(image, **params) -> bytes:
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok

@@ -201,12 +201,41 @@ def test_detect_url_prints_same_json(server, images, golden_names, served_detect
     assert json.loads(remote.stdout) == json.loads(local.stdout)
 
 
+def _counter(text: str, name: str) -> float:
+    """Sum of a Prometheus counter's samples over all label sets (0 when absent)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
+    )
+
+
 def test_metrics_show_stage_timings(server, expected):
-    predict(server, expected[0]["zidane.jpg"])
-    text = requests.get(f"{server.metrics}/metrics", timeout=10).text
+    """Per-stage counters reach the metrics endpoint (summed, flushed once a second)."""
+    before = requests.get(f"{server.metrics}/metrics", timeout=10).text
+    for _ in range(3):
+        assert predict(server, expected[0]["zidane.jpg"]).status_code == 200
+    deadline = time.monotonic() + 10
+    while True:
+        text = requests.get(f"{server.metrics}/metrics", timeout=10).text
+        if _counter(text, "Fd1Images") >= _counter(before, "Fd1Images") + 3:
+            break
+        assert time.monotonic() < deadline, "Fd1Images did not grow by 3 within 10 s"
+        time.sleep(0.2)
     for stage in ("Decode", "Preprocess", "Infer", "Postprocess"):
-        assert f"Fd1{stage}Ms{{" in text, stage
-    assert "Fd1Images{" in text and "Fd1BadImages{" in text
+        assert _counter(text, f"Fd1{stage}Ms") > _counter(before, f"Fd1{stage}Ms"), stage
+    assert "Fd1BadImages{" in text and _counter(text, "Fd1Batches") >= 1
+
+
+def test_no_log_lines_per_request(server, expected):
+    """40 requests add no INFO lines to the server's log (neither frontend nor worker)."""
+    before = server.log.read_text(errors="replace").splitlines()
+    with cf.ThreadPoolExecutor(4) as pool:
+        codes = list(
+            pool.map(lambda _: predict(server, expected[0]["zidane.jpg"]).status_code, range(40))
+        )
+    assert codes == [200] * 40
+    time.sleep(1.5)  # past a metrics flush and the frontend's log buffering
+    added = server.log.read_text(errors="replace").splitlines()[len(before) :]
+    assert len(added) < 5, added[:20]
 
 
 def test_worker_killed_under_load_recovers(server, expected):

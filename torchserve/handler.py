@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,56 @@ def request_bytes(row: Any) -> bytes:
     )
 
 
+class MetricSums:
+    """Per-batch counters summed in memory and handed to TorchServe by one background thread.
+
+    Each metric TorchServe gets is a line on the worker's stdout that the frontend parses;
+    emitting seven per batch cost both processes CPU at every batch. Prometheus counters only
+    need the running totals, so they are flushed once per `interval` seconds instead.
+    """
+
+    def __init__(self, metrics: dict[str, Any], dims: list[str], interval: float):
+        self._metrics, self._dims, self._interval = metrics, dims, interval
+        self._pending: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._flusher = threading.Thread(target=self._run, name="fd1-metrics", daemon=True)
+        self._flusher.start()
+
+    def add(self, values: dict[str, float]) -> None:
+        """Add one batch's values."""
+        with self._lock:
+            for name, value in values.items():
+                self._pending[name] = self._pending.get(name, 0.0) + value
+
+    def flush(self) -> None:
+        """Emit what was summed since the last flush."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for name, value in pending.items():
+            self._metrics[name].add_or_update(value, self._dims)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            try:
+                self.flush()
+            except Exception:  # a metrics hiccup must never take the worker down
+                logger.exception("flushing fd1 metrics failed")
+
+
+class _DropPerBatchLines(logging.Filter):
+    """Drops TorchServe's own per-batch INFO line ("Backend received inference at ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Backend received inference")
+
+
 class FaceDetectionHandler:
     """Loads the exported model at worker start and answers each batch in one inference."""
 
     def __init__(self) -> None:
         self.detector: Detector | None = None
-        self.metrics: dict[str, Any] = {}
+        self.metrics: MetricSums | None = None
         self.model_name = "fd1"
 
     def initialize(self, context: Any) -> None:
@@ -66,33 +111,29 @@ class FaceDetectionHandler:
         )
         batch_size = int(context.system_properties.get("batch_size") or 1)
         self.detector.warmup(tuple(sorted({1, batch_size})))
-        self._init_metrics(context)
+        self._init_metrics(context, float(settings.get("metrics_interval_s", 1.0)))
+        for log_handler in logging.getLogger().handlers:
+            log_handler.addFilter(_DropPerBatchLines())
         logger.info("fd1 ready: %s", json.dumps(self.detector.describe()))
 
-    def _init_metrics(self, context: Any) -> None:
+    def _init_metrics(self, context: Any, interval: float) -> None:
         store = getattr(context, "metrics", None)
         if store is None or not hasattr(store, "add_metric_to_cache"):
             return
         from ts.metrics.metric_type_enum import MetricTypes
 
-        for stage in STAGES:
-            self.metrics[stage] = store.add_metric_to_cache(
-                f"Fd1{stage.capitalize()}Ms", "ms", ["ModelName"], MetricTypes.COUNTER
-            )
-        for name in ("Images", "BadImages", "Batches"):
-            self.metrics[name] = store.add_metric_to_cache(
-                f"Fd1{name}", "count", ["ModelName"], MetricTypes.COUNTER
-            )
+        metrics = {
+            name: store.add_metric_to_cache(f"Fd1{name}", unit, ["ModelName"], MetricTypes.COUNTER)
+            for name, unit in [(f"{stage.capitalize()}Ms", "ms") for stage in STAGES]
+            + [("Images", "count"), ("BadImages", "count"), ("Batches", "count")]
+        }
+        self.metrics = MetricSums(metrics, [self.model_name], interval)
 
     def _record(self, timings: dict[str, float], images: int, bad: int) -> None:
-        if not self.metrics:
+        if self.metrics is None:
             return
-        dims = [self.model_name]
-        for stage in STAGES:
-            self.metrics[stage].add_or_update(timings.get(stage, 0.0) * 1000.0, dims)
-        self.metrics["Images"].add_or_update(images, dims)
-        self.metrics["BadImages"].add_or_update(bad, dims)
-        self.metrics["Batches"].add_or_update(1, dims)
+        values = {f"{stage.capitalize()}Ms": timings.get(stage, 0.0) * 1e3 for stage in STAGES}
+        self.metrics.add({**values, "Images": images, "BadImages": bad, "Batches": 1})
 
     def handle(self, data: list, context: Any) -> list[bytes]:
         """One TorchServe batch -> one JSON body per request; bad ones get their own 400."""

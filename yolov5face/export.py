@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from yolov5face.backends.base import ModelInfo
@@ -14,6 +15,9 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "images"
 OUTPUT_NAME = "predictions"
 METADATA_KEY = "yolov5face"
+# Bumped whenever the exported graph changes for the same weights, so caches re-export.
+# 2: static shapes except the batch axis (no run-time shape arithmetic in the graph).
+EXPORT_FORMAT = 2
 
 
 def export_onnx(
@@ -38,7 +42,12 @@ def export_onnx(
         strides=info.strides,
         anchors=info.anchors,
         sha256=info.sha256,
-        extra={"opset": opset, "weights": Path(weights).name, "torch": torch.__version__},
+        extra={
+            "opset": opset,
+            "format": EXPORT_FORMAT,
+            "weights": Path(weights).name,
+            "torch": torch.__version__,
+        },
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -46,16 +55,19 @@ def export_onnx(
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
     os.close(fd)
     try:
-        torch.onnx.export(
-            model,
-            (dummy,),
-            tmp,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # The trace turns C/H/W into constants on purpose (model._static_chw).
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                model,
+                (dummy,),
+                tmp,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
         proto = onnx.load(tmp)
         onnx.checker.check_model(proto)
         entry = proto.metadata_props.add()
@@ -83,7 +95,7 @@ def cached_onnx(
     if weights.suffix == ".onnx":
         return weights
     directory = Path(cache_dir) if cache_dir is not None else default_cache() / "onnx"
-    path = directory / f"{sha256_file(weights)[:16]}-{img_size}.onnx"
+    path = directory / f"{sha256_file(weights)[:16]}-{img_size}-f{EXPORT_FORMAT}.onnx"
     if not path.exists():
         export_onnx(weights, path, img_size)
     return path

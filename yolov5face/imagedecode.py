@@ -39,8 +39,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if marker == 0xDA:  # start of scan: entropy-coded data follows
             if size is None:
                 raise ImageError("corrupt JPEG: no frame header before the scan")
-            # Inside scan data 0xFF is byte-stuffed, so an EOI marker can only be the real end.
-            if data.find(b"\xff\xd9", i + 2 + length) < 0:
+            # Inside scan data 0xFF is byte-stuffed, so an EOI marker can only be the real end;
+            # searching from the back finds it at once in a whole file.
+            if data.rfind(b"\xff\xd9", i + 2 + length) < 0:
                 raise ImageError("truncated JPEG: no end-of-image marker")
             return size
         i += 2 + length
