@@ -12,6 +12,7 @@ from typing import Any
 
 from yolov5face.detector import STAGES, Detector
 from yolov5face.imagedecode import ImageError
+from yolov5face.malloc_tuning import keep_freed_buffers
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class FaceDetectionHandler:
         if not onnx_files:
             raise RuntimeError(f"no .onnx model in the archive ({model_dir})")
         threads = int(os.environ.get("YOLOV5FACE_THREADS", settings.get("threads", 1)))
+        if settings.get("reuse_freed_memory", True):
+            keep_freed_buffers()
         self.detector = Detector(
             weights=onnx_files[0],
             backend=os.environ.get("YOLOV5FACE_BACKEND", settings.get("backend", "auto")),

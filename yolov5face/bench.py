@@ -577,10 +577,12 @@ def memory_child(argv: Sequence[str]) -> int:
     import psutil
 
     from yolov5face.detector import Detector
+    from yolov5face.malloc_tuning import keep_freed_buffers
 
     cfg = json.loads(argv[0])
     proc = psutil.Process()
     rss_start = proc.memory_info().rss
+    keep_freed_buffers()  # as the served handler does
     detector = Detector(cfg["onnx"], backend="onnxruntime", threads=cfg["threads"])
     detector.warmup()
     rss_loaded = proc.memory_info().rss
@@ -909,8 +911,10 @@ def bare_torch_memory(timeout: float = 120.0) -> dict:
 def ceiling_child(argv: Sequence[str]) -> int:
     """Child of the in-process ceiling: Detector.detect + json.dumps in a loop after 'go'."""
     from yolov5face.detector import Detector
+    from yolov5face.malloc_tuning import keep_freed_buffers
 
     onnx, image, seconds, threads = argv
+    keep_freed_buffers()  # as the served handler does, so the two stay comparable
     detector = Detector(onnx, backend="onnxruntime", threads=int(threads))
     blob = Path(image).read_bytes()
     detector.warmup()
