@@ -1749,7 +1749,10 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             "reference_pipeline) "
             f"in its own archive with {srv['reference']['workers'] if 'reference' in srv else 4} "
             "workers, batch 1, served by the same TorchServe (same config.properties and log "
-            "config, OMP_NUM_THREADS=1). Both servers run side by side (the idle one waits) and "
+            "config, OMP_NUM_THREADS=1). Ours' handler keeps freed buffers for reuse (glibc "
+            "`mallopt`, `reuse_freed_memory` in the model config, docs/architecture.md); the "
+            "reference handler runs with the allocator's defaults, like the design it copies. "
+            "Both servers run side by side (the idle one waits) and "
             "each concurrency level is run on one, then the other, so background load that "
             "drifts during the run hits both alike. Load: `yolov5face.qps` (raw keep-alive "
             "HTTP client, one connection per concurrent request, POST of the JPEG) on "
@@ -1761,8 +1764,9 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             "divided by the requests answered (warm-up requests estimated at the level's rate).",
             "",
             f"In-process ceiling: {srv['ceiling']['processes']} processes each running "
-            "`Detector.detect([image])` + `json.dumps` in a loop on the archive's ONNX, measured "
-            "together, before the servers start and after they stop: "
+            "`Detector.detect([image])` + `json.dumps` in a loop on the archive's ONNX, with the "
+            "handler's allocator setting, measured together, before the servers start and after "
+            "they stop: "
             f"{' and '.join(f'{v:.1f}' for v in srv['ceiling'].get('before_after', []))} "
             f"images/s, mean **{srv['ceiling']['images_per_s']:.1f}**. Ours peaks at "
             f"{srv['ours_best']['qps']:.1f} QPS (concurrency {srv['ours_best']['concurrency']}) = "
