@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from yolov5face.configs import CONFIGS, get_config
-from yolov5face.model import YoloFace, channel_shuffle
+from yolov5face.model import YoloFace, interleave_channels
 
 # Published parameter counts of the yolov5-face models.
 PARAMS = {
@@ -30,9 +30,13 @@ def test_unknown_config_is_refused():
         get_config("yolov9")
 
 
-def test_channel_shuffle_interleaves_groups():
-    x = torch.arange(6.0).view(1, 6, 1, 1)
-    assert channel_shuffle(x, 2).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+def test_interleave_is_the_shufflenet_channel_shuffle():
+    a, b = torch.arange(3.0).view(1, 3, 1, 1), torch.arange(3.0, 6.0).view(1, 3, 1, 1)
+    assert interleave_channels(a, b).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+    a, b = torch.randn(2, 6, 3, 5), torch.randn(2, 6, 3, 5)
+    # ShuffleNetV2's definition: split channels into 2 groups, swap group and channel axes.
+    shuffled = torch.cat((a, b), 1).view(2, 2, 6, 3, 5).transpose(1, 2).reshape(2, 12, 3, 5)
+    assert torch.equal(interleave_channels(a, b), shuffled)
 
 
 def test_trace_keeps_batch_dynamic():

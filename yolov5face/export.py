@@ -17,7 +17,8 @@ OUTPUT_NAME = "predictions"
 METADATA_KEY = "yolov5face"
 # Bumped whenever the exported graph changes for the same weights, so caches re-export.
 # 2: static shapes except the batch axis (no run-time shape arithmetic in the graph).
-EXPORT_FORMAT = 2
+# 3: the ShuffleNet channel shuffle as one stacked Concat (model.interleave_channels).
+EXPORT_FORMAT = 3
 
 
 def export_onnx(
