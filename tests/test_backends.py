@@ -145,3 +145,25 @@ def test_buckets():
         32,
         32,
     ]
+
+
+def test_cpu_detector_runs_big_batches_in_chunks_of_four(detector, images, golden_names):
+    """9 images -> backend calls of 4, 4 and 1; answers equal to one image at a time."""
+    assert detector.backend.preferred_batch == 4 and detector.chunk == 4
+    blobs = [(images / n).read_bytes() for n in golden_names]
+    blobs = (blobs * 2)[:9]
+    calls: list[int] = []
+    infer = detector.backend.infer
+
+    def counting(batch):
+        calls.append(len(batch))
+        return infer(batch)
+
+    detector.backend.infer = counting
+    try:
+        together = detector.detect(blobs)
+    finally:
+        del detector.backend.infer
+    assert calls == [4, 4, 1]
+    for blob, answer in zip(blobs, together):
+        assert compare_faces(detector.detect([blob])[0], answer) == []

@@ -70,6 +70,8 @@ class Detector:
         self.conf, self.iou = conf, iou
         self.max_pixels = max_pixels
         self.max_batch = max_batch
+        # Images per backend call: a caller's batch is cut into chunks of this size.
+        self.chunk = min(max_batch, getattr(self.backend, "preferred_batch", None) or max_batch)
         # Opt-in DCT-scaled JPEG decoding (default off: it keeps golden parity exact).
         self.decode_min_side = self.img_size if fast_decode else None
 
@@ -93,12 +95,12 @@ class Detector:
         so that pixel coordinates refer to the original image.
         """
         out: list[Detection] = []
-        for start in range(0, len(images), self.max_batch):
-            chunk = images[start : start + self.max_batch]
+        for start in range(0, len(images), self.chunk):
+            chunk = images[start : start + self.chunk]
             t0 = time.perf_counter()
             batch, geometry = letterbox_batch(chunk, self.img_size)
             if sizes is not None:
-                geometry[:, :2] = sizes[start : start + self.max_batch]
+                geometry[:, :2] = sizes[start : start + self.chunk]
             t1 = time.perf_counter()
             raw = self.backend.infer(batch)
             t2 = time.perf_counter()
@@ -165,4 +167,5 @@ class Detector:
             "iou": self.iou,
             "weights": str(self.weights),
             "fast_decode": self.decode_min_side is not None,
+            "chunk": self.chunk,
         }

@@ -41,6 +41,8 @@ class Backend(Protocol):
 
     name: str
     info: ModelInfo
+    # Largest batch per `infer` call that is still the fastest per image (None: any size).
+    preferred_batch: int | None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch."""

@@ -13,6 +13,7 @@ from yolov5face.backends.base import ModelInfo, warmup_batches
 logger = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CPU_PREFERRED_BATCH = 4
 
 
 def read_model_info(session: Any) -> ModelInfo:
@@ -54,6 +55,10 @@ class OnnxRuntimeBackend:
         self.threads = options.intra_op_num_threads
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
+        # On the CPU, batches of 4 run fastest per image: the activations of 4 images at 320 px
+        # stay in the caches, 8 spill (2 workers x 8-image batches: ~3% fewer images/s).
+        on_cpu = self.session.get_providers() == ["CPUExecutionProvider"]
+        self.preferred_batch: int | None = CPU_PREFERRED_BATCH if on_cpu else None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch."""

@@ -88,6 +88,7 @@ class TensorRTBackend:
     """Runs TensorRT engines: a dynamic one, or fixed-batch buckets."""
 
     name = "tensorrt"
+    preferred_batch: int | None = None  # one engine profile covers 1..max_batch
 
     def __init__(self, engines: dict[int, Path], info: ModelInfo):
         import pycuda.autoinit  # noqa: F401  (creates the CUDA context of this process)

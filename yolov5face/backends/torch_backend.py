@@ -26,6 +26,7 @@ class TorchBackend:
     """Runs a `YoloFace` module eagerly (CPU fp32; CUDA fp16 by default)."""
 
     name = "torch"
+    preferred_batch: int | None = None
 
     def __init__(
         self,
