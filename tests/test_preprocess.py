@@ -57,6 +57,11 @@ def test_letterbox_matches_the_plain_canvas_recipe_bit_for_bit(shape):
     assert np.array_equal(batch[0], expected) and np.array_equal(batch[1], expected)
 
 
+def test_letterbox_refuses_images_that_are_not_bgr():
+    with pytest.raises(ValueError, match="BGR"):
+        letterbox_batch([np.zeros((40, 60), np.uint8)], 320)
+
+
 def _jpeg(image, **params) -> bytes:
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok

@@ -31,6 +31,8 @@ def letterbox_batch(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray
     geometry = np.empty((len(images), 6), np.float64)
     pad = np.float32(PAD_VALUE) / np.float32(255)
     for k, image in enumerate(images):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"letterbox expects BGR images (H, W, 3), got shape {image.shape}")
         h0, w0 = image.shape[:2]
         h1, w1 = resized_shape(h0, w0, size)
         if (h1, w1) != (h0, w0):

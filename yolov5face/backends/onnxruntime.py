@@ -56,7 +56,7 @@ class OnnxRuntimeBackend:
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
         # On the CPU, batches of 4 run fastest per image: the activations of 4 images at 320 px
-        # stay in the caches, 8 spill (2 workers x 8-image batches: ~3% fewer images/s).
+        # stay in the caches, 8 spill (2 processes on 8-image batches: 1-4% fewer images/s).
         on_cpu = self.session.get_providers() == ["CPUExecutionProvider"]
         self.preferred_batch: int | None = CPU_PREFERRED_BATCH if on_cpu else None
 
