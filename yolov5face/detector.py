@@ -69,9 +69,8 @@ class Detector:
         self.img_size = self.info.img_size
         self.conf, self.iou = conf, iou
         self.max_pixels = max_pixels
-        self.max_batch = max_batch
         # Images per backend call: a caller's batch is cut into chunks of this size.
-        self.chunk = min(max_batch, getattr(self.backend, "preferred_batch", None) or max_batch)
+        self.chunk = min(max_batch, self.backend.preferred_batch or max_batch)
         # Opt-in DCT-scaled JPEG decoding (default off: it keeps golden parity exact).
         self.decode_min_side = self.img_size if fast_decode else None
 
