@@ -138,3 +138,80 @@ def test_huge_image_refused_before_decoding(images):
     with pytest.raises(ImageError, match="limit 100"):
         decode_image(small, max_pixels=100)
     assert decode_image(small, max_pixels=256).shape == (16, 16, 3)
+
+
+def _jpeg_variants(images) -> dict[str, bytes]:
+    """Encodings the libjpeg-turbo fast path must decode exactly like OpenCV."""
+    bus = cv2.imread(str(images / "bus.jpg"))
+    out = {}
+    for name, sampling in (
+        ("444", cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444),
+        ("422", cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422),
+        ("420", cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420),
+        ("411", cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411),
+    ):
+        for progressive in (0, 1):
+            for size in ((333, 251), (17, 9)):
+                params = [
+                    cv2.IMWRITE_JPEG_QUALITY, 80,
+                    cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling,
+                    cv2.IMWRITE_JPEG_PROGRESSIVE, progressive,
+                    cv2.IMWRITE_JPEG_RST_INTERVAL, 3 * progressive,
+                ]  # fmt: skip
+                key = f"{name}-p{progressive}-{size[0]}x{size[1]}"
+                out[key] = cv2.imencode(".jpg", cv2.resize(bus, size), params)[1].tobytes()
+    out["gray"] = _jpeg(cv2.cvtColor(bus, cv2.COLOR_BGR2GRAY))
+    return out
+
+
+def test_jpeg_decoding_is_pixel_identical_to_opencv(images):
+    """Whichever decoder runs, the pixels are exactly cv2.imdecode's (the convention's step 1)."""
+    blobs = {p.name: p.read_bytes() for p in sorted(images.glob("*.jpg")) if p.stat().st_size > 100}
+    blobs.update(_jpeg_variants(images))
+    for name, data in blobs.items():
+        expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert np.array_equal(decode_image(data), expected), name
+
+
+def test_jpeg_fast_path_is_libjpeg_turbo(images):
+    """The upright full-size JPEG goes through simplejpeg (a real dependency, not optional)."""
+    from yolov5face import imagedecode
+
+    data = (images / "zidane.jpg").read_bytes()
+    assert imagedecode._simplejpeg() is not None
+    direct = imagedecode._decode_turbo(data)
+    assert direct is not None and np.array_equal(direct, decode_image(data))
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int, big_endian: bool = False) -> bytes:
+    """Insert an APP1 Exif segment whose IFD0 holds one Orientation entry."""
+    order = ">" if big_endian else "<"
+    tiff = (b"MM" if big_endian else b"II") + struct.pack(order + "HI", 42, 8)
+    tiff += struct.pack(order + "H", 1) + struct.pack(order + "HHIH2x", 0x0112, 3, 1, orientation)
+    tiff += struct.pack(order + "I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_exif_orientation_follows_opencv(images, orientation, big_endian):
+    """OpenCV rotates by the EXIF orientation; such files bypass the fast decoder."""
+    from yolov5face.imagedecode import _read_header
+
+    rng = np.random.default_rng(2)
+    data = _with_exif_orientation(
+        _jpeg(rng.integers(0, 255, (48, 80, 3), np.uint8)), orientation, big_endian
+    )
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert expected.shape[:2] == ((80, 48) if orientation in (6, 8) else (48, 80))
+    assert _read_header(data)[3] is (orientation == 1)
+    assert np.array_equal(decode_image(data), expected)
+
+
+def test_corrupt_scan_data_decodes_like_opencv(images):
+    """Data errors make libjpeg-turbo warn; the bytes then go to OpenCV, which decides."""
+    data = bytearray((images / "zidane.jpg").read_bytes())
+    data[120_000:120_040] = bytes(range(40))
+    expected = cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(decode_image(bytes(data)), expected)
