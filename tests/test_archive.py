@@ -16,7 +16,7 @@ def test_archive_contents_and_rebuild_only_on_change(weights, tmp_path, monkeypa
         names = set(zf.namelist())
         config = yaml.safe_load(zf.read("model-config.yaml"))
     assert {"fd1.onnx", "handler.py", "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
-    assert config["batchSize"] == 8 and config["handler"]["backend"] == "auto"
+    assert config["batchSize"] == 2 and config["handler"]["backend"] == "auto"
     stamp = mar.stat().st_mtime_ns
     assert build_archive(weights, tmp_path).stat().st_mtime_ns == stamp  # inputs unchanged
     monkeypatch.setenv("YOLOV5FACE_BATCH_SIZE", "4")

@@ -1325,13 +1325,14 @@ class ReportSettings:
     memory_images: int = 1000
     # Denser than the CLI default around where both servers saturate, so the QPS-vs-p99
     # comparison is read off a finer curve.
-    server_levels: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24, 32)
+    server_levels: tuple[int, ...] = (1, 2, 4, 6, 8, 12, 16, 24, 32)
     server_duration: float = 8.0
     server_requests: int = 10000
     ceiling_seconds: float = 10.0
-    # Long enough for the frontend JVM's JIT to settle (its compiler threads were still a third
-    # of the JVM's CPU 30 s into a load), so levels read steady-state costs.
-    server_warmup: float = 30.0
+    # Long enough for the frontend JVM's JIT to settle, so levels read steady-state costs: its C2
+    # compiler used 5.6 s of CPU in the first 2.5 min of a load, 0.6 s in the next minute, then
+    # next to nothing.
+    server_warmup: float = 60.0
     rounds: int = 5
     eager_torch_requests: int = 1000
 
