@@ -8,6 +8,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from yolov5face import bench
@@ -219,3 +220,15 @@ def test_report_has_every_section_and_plot(
     for png in ("bench_model", "bench_pipeline", "bench_server", "bench_memory"):
         assert (tmp_path / "docs" / "img" / f"{png}.png").stat().st_size > 1000
         assert f"img/{png}.png" in text
+
+
+def test_decode_study_decoders(images):
+    """The study compares ours with plain OpenCV (same pixels) and scaled decoders (smaller)."""
+    from yolov5face.decode_study import decoders
+
+    data = (images / "zidane.jpg").read_bytes()
+    out = {name: decode(data) for name, decode in decoders(320).items()}
+    assert {"ours", "opencv", "opencv-scaled", "simplejpeg-scaled"} <= set(out)
+    assert np.array_equal(out["ours"], out["opencv"])
+    for name in ("opencv-scaled", "simplejpeg-scaled"):
+        assert 320 <= max(out[name].shape[:2]) < 1280, name
