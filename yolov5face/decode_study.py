@@ -63,9 +63,9 @@ def run_study(detector, shared: Path, seconds: float = 1.0, widerface: bool = Tr
     """
     from yolov5face.compare import compare_faces
     from yolov5face.malloc_tuning import keep_freed_buffers
+    from yolov5face.widerface import evaluate, load_ground_truth
 
     keep_freed_buffers()
-    from yolov5face.widerface import evaluate, load_ground_truth
 
     images = shared / "images"
     result: dict = {"speed_ms": {}, "golden_ok": {}, "widerface": {}}
