@@ -134,7 +134,7 @@ def _decode_turbo(data: bytes) -> np.ndarray | None:
 
     Same library and settings as `cv2.imdecode` (accurate integer IDCT, smooth chroma
     upsampling, BGR output), so the pixels are identical (tests/test_preprocess.py checks);
-    measured 10-15% faster than `cv2.imdecode` on zidane.jpg (docs/benchmarks.md).
+    measured 9-17% faster than `cv2.imdecode` on zidane.jpg across runs (docs/benchmarks.md).
     Any warning or error (corrupt data, CMYK, 12-bit) hands the bytes to OpenCV, so those
     keep exactly OpenCV's behaviour.
     """
