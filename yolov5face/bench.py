@@ -1331,8 +1331,8 @@ class ReportSettings:
     server_requests: int = 10000
     ceiling_seconds: float = 10.0
     # Long enough for the frontend JVM's JIT to settle, so levels read steady-state costs: its C2
-    # compiler used 5.6 s of CPU in the first 2.5 min of a load, 0.6 s in the next minute, then
-    # next to nothing.
+    # compiler used 5.6 s of CPU in the JVM's first ~2 minutes (mostly under load), 0.6 s in the
+    # next minute of load, then next to nothing.
     server_warmup: float = 60.0
     rounds: int = 5
     eager_torch_requests: int = 1000
