@@ -173,14 +173,20 @@ def test_jpeg_decoding_is_pixel_identical_to_opencv(images):
         assert np.array_equal(decode_image(data), expected), name
 
 
-def test_jpeg_fast_path_is_libjpeg_turbo(images):
+def test_jpeg_fast_path_is_libjpeg_turbo(images, monkeypatch):
     """The upright full-size JPEG goes through simplejpeg (a real dependency, not optional)."""
     from yolov5face import imagedecode
 
     data = (images / "zidane.jpg").read_bytes()
     assert imagedecode._simplejpeg() is not None
     direct = imagedecode._decode_turbo(data)
-    assert direct is not None and np.array_equal(direct, decode_image(data))
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+    def opencv_must_not_run(*args, **kwargs):
+        raise AssertionError("an upright JPEG fell back to cv2.imdecode")
+
+    monkeypatch.setattr(cv2, "imdecode", opencv_must_not_run)
+    assert direct is not None and np.array_equal(decode_image(data), expected)
 
 
 def _with_exif_orientation(jpeg: bytes, orientation: int, big_endian: bool = False) -> bytes:
