@@ -182,6 +182,34 @@ def server_result() -> dict:
     return result
 
 
+def test_median_levels_merges_rounds_per_concurrency():
+    first = [_level(1, 40.0, 30.0), _level(4, 90.0, 60.0)]
+    second = [_level(1, 44.0, 20.0), _level(4, 70.0, 80.0)]
+    third = [_level(1, 42.0, 25.0), _level(4, 80.0, 90.0)]
+    for lv, cpu in zip(first + second + third, (9.0, 8.0, 7.0, 10.0, 8.0, 6.0)):
+        lv["server_cpu_ms_per_request"] = {"worker": cpu, "frontend": 1.0}
+    second[1]["errors"] = {"503": 2}
+    merged = bench.median_levels([first, second, third])
+    assert [lv["concurrency"] for lv in merged] == [1, 4]
+    one, four = merged
+    assert (one["qps"], one["p99_ms"], one["qps_by_round"]) == (42.0, 25.0, [40.0, 44.0, 42.0])
+    assert (four["qps"], four["p99_ms"], four["p50_ms"]) == (80.0, 80.0, 40.0)
+    assert (four["ok"], four["requests"], four["errors"], four["rounds"]) == (30, 30, {"503": 2}, 3)
+    assert one["server_cpu_ms_per_request"] == {"frontend": 1.0, "worker": 8.0}  # 9, 7, 8
+    assert four["server_cpu_ms_per_request"] == {"frontend": 1.0, "worker": 8.0}  # 8, 10, 6
+
+
+def test_server_summary_reads_the_headline_off_each_round(server_result):
+    result = {k: v for k, v in server_result.items()}
+    ours_rounds = [[_level(1, 40.0, 30.0), _level(4, 90.0, 60.0)], [_level(1, 40.0, 30.0)]]
+    ref_rounds = [[_level(1, 20.0, 60.0), _level(4, 30.0, 150.0)], [_level(1, 16.0, 35.0)]]
+    result["ours"] = {**result["ours"], "rounds": ours_rounds}
+    result["reference"] = {**result["reference"], "rounds": ref_rounds}
+    bench._server_summary(result)
+    # round 2: the reference peaks at 16 QPS with p99 35 ms; ours stays within 35 ms at 40 QPS
+    assert result["vs_reference_by_round"] == [3.0, 2.5]
+
+
 def test_server_summary_compares_at_the_same_p99(server_result):
     assert server_result["ours_over_ceiling"] == 0.9 and server_result["ceiling_met"]
     assert server_result["vs_reference"] == {
@@ -232,3 +260,51 @@ def test_decode_study_decoders(images):
     assert np.array_equal(out["ours"], out["opencv"])
     for name in ("opencv-scaled", "simplejpeg-scaled"):
         assert 320 <= max(out[name].shape[:2]) < 1280, name
+
+
+def _processes_under(path: Path) -> list[str]:
+    """Processes whose command line or environment (TMPDIR, LOG_LOCATION) names `path`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmdline or f"={path}/" in environ:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_sigterm_during_bench_server_stops_its_torchserve(tmp_path, weights, onnx_cache):
+    """`kill` of a running `bench server` must not leave a frontend or workers behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "YOLOV5FACE_CACHE": str(onnx_cache)}
+    argv = [sys.executable, "-m", "yolov5face", "bench", "server", "--weights", str(weights)]
+    argv += ["--no-reference", "--ceiling-seconds", "0", "--concurrency", "1"]
+    argv += ["--duration", "600", "--eager-torch-requests", "0", "--server-warmup", "0"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any("model_service_worker" in p for p in _processes_under(tmp_path)):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        workers = [p for p in _processes_under(tmp_path) if "model_service_worker" in p]
+        assert workers, "the bench never started its TorchServe workers"
+        time.sleep(3)  # let the load level start too
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _processes_under(tmp_path) == []
+    assert not list(tmp_path.glob("yolov5face-bench-*")), "the bench's temp dir was left behind"
