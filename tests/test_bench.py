@@ -6,6 +6,11 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +205,7 @@ def test_median_levels_merges_rounds_per_concurrency():
 
 
 def test_server_summary_reads_the_headline_off_each_round(server_result):
-    result = {k: v for k, v in server_result.items()}
+    result = dict(server_result)
     ours_rounds = [[_level(1, 40.0, 30.0), _level(4, 90.0, 60.0)], [_level(1, 40.0, 30.0)]]
     ref_rounds = [[_level(1, 20.0, 60.0), _level(4, 30.0, 150.0)], [_level(1, 16.0, 35.0)]]
     result["ours"] = {**result["ours"], "rounds": ours_rounds}
@@ -280,12 +285,6 @@ def _processes_under(path: Path) -> list[str]:
 @pytest.mark.slow
 def test_sigterm_during_bench_server_stops_its_torchserve(tmp_path, weights, onnx_cache):
     """`kill` of a running `bench server` must not leave a frontend or workers behind."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     env = {**os.environ, "TMPDIR": str(tmp_path), "YOLOV5FACE_CACHE": str(onnx_cache)}
     argv = [sys.executable, "-m", "yolov5face", "bench", "server", "--weights", str(weights)]
     argv += ["--no-reference", "--ceiling-seconds", "0", "--concurrency", "1"]

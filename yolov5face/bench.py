@@ -1869,9 +1869,9 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             + (
                 ". The same headline read off each round alone: "
                 + ", ".join(_fmt(r, 2) + "x" for r in srv["vs_reference_by_round"])
-                + ". The reference serves about the same QPS from 2 requests in flight up, so "
-                "which of its levels peaks in a round is chance, and a round where a "
-                "low-concurrency level peaks sets a tight p99 budget: hence the medians. "
+                + ". When the reference's QPS is nearly flat across levels, which level peaks "
+                "in a round is down to noise, and a round whose peak is a low-concurrency level "
+                "sets a tight p99 budget: hence the medians. "
                 if len(srv.get("vs_reference_by_round") or []) > 1
                 else ". "
             )
