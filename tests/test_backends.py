@@ -167,3 +167,36 @@ def test_cpu_detector_runs_big_batches_in_chunks_of_four(detector, images, golde
     assert calls == [4, 4, 1]
     for blob, answer in zip(blobs, together):
         assert compare_faces(detector.detect([blob])[0], answer) == []
+
+
+def test_split_batch_runs_on_two_threads_with_the_same_answers(detector, images, golden_names):
+    """detect(threads=2): parts on two threads, answers (a bad image included) in request order."""
+    import threading
+
+    from yolov5face.imagedecode import ImageError
+
+    blobs = [(images / n).read_bytes() for n in golden_names] + [b"not an image"]
+    blobs = blobs[:3] + blobs[-1:] + blobs[3:-1]
+    threads: set[str] = set()
+    infer = detector.backend.infer
+
+    def recording(batch):
+        threads.add(threading.current_thread().name)
+        return infer(batch)
+
+    serial_timings: dict = {}
+    serial = detector.detect(blobs, serial_timings)
+    detector.backend.infer = recording
+    split_timings: dict = {}
+    try:
+        split = detector.detect(blobs, split_timings, threads=2)
+    finally:
+        del detector.backend.infer
+    assert len(threads) == 2
+    assert json.dumps(split, default=str) == json.dumps(serial, default=str)
+    assert isinstance(split[3], ImageError)
+    assert (
+        set(split_timings)
+        == set(serial_timings)
+        == {"decode", "preprocess", "infer", "postprocess"}
+    )

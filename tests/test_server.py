@@ -208,21 +208,41 @@ def _counter(text: str, name: str) -> float:
     )
 
 
+def _metrics_after(server: Server, before: str, images: int, timeout: float = 10.0) -> str:
+    """The metrics text once Fd1Images grew by `images` over `before` (counters lag ~1 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = requests.get(f"{server.metrics}/metrics", timeout=10).text
+        if _counter(text, "Fd1Images") >= _counter(before, "Fd1Images") + images:
+            return text
+        assert time.monotonic() < deadline, f"Fd1Images did not grow by {images} in {timeout} s"
+        time.sleep(0.2)
+
+
 def test_metrics_show_stage_timings(server, expected):
     """Per-stage counters reach the metrics endpoint (summed, flushed once a second)."""
     before = requests.get(f"{server.metrics}/metrics", timeout=10).text
     for _ in range(3):
         assert predict(server, expected[0]["zidane.jpg"]).status_code == 200
-    deadline = time.monotonic() + 10
-    while True:
-        text = requests.get(f"{server.metrics}/metrics", timeout=10).text
-        if _counter(text, "Fd1Images") >= _counter(before, "Fd1Images") + 3:
-            break
-        assert time.monotonic() < deadline, "Fd1Images did not grow by 3 within 10 s"
-        time.sleep(0.2)
+    text = _metrics_after(server, before, images=3)
     for stage in ("Decode", "Preprocess", "Infer", "Postprocess"):
         assert _counter(text, f"Fd1{stage}Ms") > _counter(before, f"Fd1{stage}Ms"), stage
     assert "Fd1BadImages{" in text and _counter(text, "Fd1Batches") >= 1
+
+
+def test_a_burst_on_one_worker_is_split_over_the_idle_core(server, expected):
+    """Bursts of 4 mixed requests: a batch taken while the other worker idles runs on both cores."""
+    blobs, want = expected
+    names = ["zidane.jpg", "test.jpg", "bus.jpg", "mask.jpg"]
+    before = requests.get(f"{server.metrics}/metrics", timeout=10).text
+    with cf.ThreadPoolExecutor(4) as pool:
+        for _ in range(20):
+            responses = list(pool.map(lambda n: predict(server, blobs[n], "POST"), names))
+            for name, resp in zip(names, responses):
+                assert resp.status_code == 200 and resp.json() == want[name], name
+    text = _metrics_after(server, before, images=80)
+    assert _counter(text, "Fd1SplitBatches") > _counter(before, "Fd1SplitBatches")
+    assert _counter(text, "Fd1Batches") - _counter(before, "Fd1Batches") < 80  # batches formed
 
 
 def test_no_log_lines_per_request(server, expected):

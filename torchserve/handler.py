@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from yolov5face.busy_board import BusyBoard, usable_cores
 from yolov5face.detector import STAGES, Detector
 from yolov5face.imagedecode import ImageError
 from yolov5face.malloc_tuning import keep_freed_buffers
@@ -36,6 +37,11 @@ def request_bytes(row: Any) -> bytes:
         "expected raw image bytes; send the image with no Content-Type or "
         "application/octet-stream / image/jpeg"
     )
+
+
+def _flag(settings: dict, key: str, env: str, default: bool) -> bool:
+    """A yes/no handler setting: the environment variable wins over the model config."""
+    return os.environ.get(env, str(settings.get(key, default))).lower() in ("1", "true", "yes")
 
 
 class MetricSums:
@@ -88,6 +94,8 @@ class FaceDetectionHandler:
     def __init__(self) -> None:
         self.detector: Detector | None = None
         self.metrics: MetricSums | None = None
+        self.board: BusyBoard | None = None
+        self.cores = 1
         self.model_name = "fd1"
 
     def initialize(self, context: Any) -> None:
@@ -107,13 +115,17 @@ class FaceDetectionHandler:
             threads=threads,
             max_pixels=int(settings.get("max_pixels", 40_000_000)),
             max_batch=int(settings.get("max_batch", 32)),
-            fast_decode=os.environ.get(
-                "YOLOV5FACE_FAST_DECODE", str(settings.get("fast_decode", False))
-            ).lower()
-            in ("1", "true", "yes"),
+            fast_decode=_flag(settings, "fast_decode", "YOLOV5FACE_FAST_DECODE", False),
         )
         batch_size = int(context.system_properties.get("batch_size") or 1)
-        self.detector.warmup(tuple(sorted({1, batch_size})))
+        self.cores = usable_cores()
+        split = _flag(settings, "split_batches", "YOLOV5FACE_SPLIT_BATCHES", True)
+        if split and self.cores > 1 and self.detector.backend.preferred_batch:
+            # CPU backends only; the workers of one model share the extracted archive's folder.
+            self.board = BusyBoard(model_dir / ".busy")
+        self.detector.warmup(
+            tuple(sorted({1, batch_size})), threads=self.cores if self.board else 1
+        )
         self._init_metrics(context, float(settings.get("metrics_interval_s", 1.0)))
         for log_handler in logging.getLogger().handlers:
             log_handler.addFilter(_DropPerBatchLines())
@@ -129,14 +141,16 @@ class FaceDetectionHandler:
             name: store.add_metric_to_cache(f"Fd1{name}", unit, ["ModelName"], MetricTypes.COUNTER)
             for name, unit in [(f"{stage.capitalize()}Ms", "ms") for stage in STAGES]
             + [("Images", "count"), ("BadImages", "count"), ("Batches", "count")]
+            + [("SplitBatches", "count")]
         }
         self.metrics = MetricSums(metrics, [self.model_name], interval)
 
-    def _record(self, timings: dict[str, float], images: int, bad: int) -> None:
+    def _record(self, timings: dict[str, float], images: int, bad: int, split: bool) -> None:
         if self.metrics is None:
             return
         values = {f"{stage.capitalize()}Ms": timings.get(stage, 0.0) * 1e3 for stage in STAGES}
-        self.metrics.add({**values, "Images": images, "BadImages": bad, "Batches": 1})
+        counts = {"Images": images, "BadImages": bad, "Batches": 1, "SplitBatches": int(split)}
+        self.metrics.add({**values, **counts})
 
     def handle(self, data: list, context: Any) -> list[bytes]:
         """One TorchServe batch -> one JSON body per request; bad ones get their own 400."""
@@ -150,7 +164,14 @@ class FaceDetectionHandler:
                 blobs.append(exc)
         good = [b for b in blobs if isinstance(b, bytes)]
         timings: dict[str, float] = {}
-        answers = iter(self.detector.detect(good, timings))
+        threads = 1
+        if self.board is None:
+            answers = iter(self.detector.detect(good, timings))
+        else:
+            with self.board.busy():
+                # Cores that no other worker is using right now help with this batch.
+                threads = min(len(good), max(1, self.cores - self.board.others_busy()))
+                answers = iter(self.detector.detect(good, timings, threads=threads))
         out, bad = [], 0
         for idx, blob in enumerate(blobs):
             answer = blob if isinstance(blob, ImageError) else next(answers)
@@ -161,7 +182,7 @@ class FaceDetectionHandler:
                 out.append(json.dumps({"error": str(answer)}).encode())
             else:
                 out.append(json.dumps(answer).encode())
-        self._record(timings, len(blobs), bad)
+        self._record(timings, len(blobs), bad, threads > 1)
         logger.debug("batch of %d in %.1f ms", len(blobs), (time.perf_counter() - start) * 1e3)
         return out
 
