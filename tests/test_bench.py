@@ -307,3 +307,34 @@ def test_sigterm_during_bench_server_stops_its_torchserve(tmp_path, weights, onn
             proc.kill()
     assert _processes_under(tmp_path) == []
     assert not list(tmp_path.glob("yolov5face-bench-*")), "the bench's temp dir was left behind"
+
+
+def test_batching_variants_parse():
+    from yolov5face.bench_batching import Variant
+
+    assert Variant.parse("b4+split") == Variant(4, True) and Variant.parse("b2").name == "b2"
+    assert Variant(8, True).env(1) == {
+        "YOLOV5FACE_BATCH_SIZE": "8",
+        "YOLOV5FACE_MAX_BATCH_DELAY": "1",
+        "YOLOV5FACE_SPLIT_BATCHES": "1",
+    }
+    for bad in ("4", "b0", "b2+spilt", "batch4"):
+        with pytest.raises(ValueError):
+            Variant.parse(bad)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_bench_batching_runs_every_variant_side_by_side(tmp_path, weights, onnx_cache):
+    """Two real servers (batch 2 without and with splitting) answer every level of the sweep."""
+    out = io.StringIO()
+    argv = ["bench", "batching", "--weights", str(weights), "--variants", "b2,b2+split"]
+    argv += ["--concurrency", "2", "--duration", "1", "--rounds", "1", "--server-warmup", "2"]
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert list(result["variants"]) == ["b2", "b2+split"]
+    for data in result["variants"].values():
+        (level,) = data["levels"]
+        assert level["concurrency"] == 2 and level["ok"] > 0 and not level["errors"]
+        assert sum(level["server_cpu_ms_per_request"].values()) > 0

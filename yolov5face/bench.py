@@ -716,9 +716,11 @@ def _ours_env(weights: Path, workers: int) -> dict[str, str]:
     return {"YOLOV5FACE_WEIGHTS": str(weights), "YOLOV5FACE_WORKERS": str(workers)}
 
 
-def build_ours_archive(weights: Path, store: Path, workers: int, timeout: float = 600) -> Path:
+def build_ours_archive(
+    weights: Path, store: Path, workers: int, timeout: float = 600, extra_env: dict | None = None
+) -> Path:
     """`yolov5face archive` in a subprocess with the serve environment (so serve reuses it)."""
-    env = {**os.environ, **_ours_env(weights, workers)}
+    env = {**os.environ, **_ours_env(weights, workers), **(extra_env or {})}
     cmd = [sys.executable, "-m", "yolov5face", "archive", "--model-store", str(store)]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=timeout)
     return store / "fd1.mar"
@@ -1006,6 +1008,51 @@ def _run_level(
     return qps.run(level)[0].summary()
 
 
+def interleaved_rounds(
+    servers: dict[str, RunningServer],
+    urls: dict[str, str],
+    images: Sequence[tuple[str, bytes]],
+    levels: Sequence[int],
+    duration: float,
+    warmup: float,
+    rounds: int,
+    server_warmup: float = 0.0,
+    warmup_concurrency: int = 8,
+) -> dict[str, list[list[dict]]]:
+    """Every level on every server in turn, `rounds` times (the order reversing each round).
+
+    Servers run side by side and take turns level by level, so load that drifts during the run
+    hits them alike. Each level also gets the servers' CPU ms per answered request, per role.
+    First each server gets `server_warmup` s of uncounted load (JIT, arenas, first batches).
+    """
+    if server_warmup > 0:
+        for url in urls.values():
+            _run_level(url, images, warmup_concurrency, server_warmup, 0.0)
+    procs = {name: server_processes(server) for name, server in servers.items()}
+    by_round: dict[str, list[list[dict]]] = {name: [] for name in urls}
+    for round_no in range(max(rounds, 1)):
+        order = list(urls) if round_no % 2 == 0 else list(urls)[::-1]
+        for name in order:
+            by_round[name].append([])
+        for concurrency in levels:
+            for name in order:
+                before = cpu_seconds(procs[name])
+                level = _run_level(urls[name], images, concurrency, duration, warmup)
+                after = cpu_seconds(procs[name])
+                # whole level incl. warm-up: CPU ms per answered request, per role
+                answered = level["ok"] * (1 + warmup / duration)
+                level["server_cpu_ms_per_request"] = (
+                    {
+                        role: round((after[role] - before.get(role, 0.0)) * 1e3 / answered, 2)
+                        for role in after
+                    }
+                    if answered
+                    else {}
+                )
+                by_round[name][-1].append(level)
+    return by_round
+
+
 def median_levels(rounds: Sequence[Sequence[dict]]) -> list[dict]:
     """Per concurrency level over rounds: median QPS, latencies and CPU per request; sums of counts.
 
@@ -1144,32 +1191,18 @@ def bench_server(
                     "probe": {"status": status, "faces": faces},
                     "levels": [],
                 }
-            for url in urls.values():  # JIT, arenas, first batches: not part of any level
-                _run_level(url, images, soak_concurrency, server_warmup, 0.0)
-            procs = {name: server_processes(server) for name, (server, _, _) in running.items()}
-            by_round: dict[str, list[list[dict]]] = {name: [] for name in urls}
-            for round_no in range(max(rounds, 1)):
-                order = list(urls) if round_no % 2 == 0 else list(urls)[::-1]
-                for name in order:
-                    by_round[name].append([])
-                for concurrency in levels:
-                    for name in order:
-                        before = cpu_seconds(procs[name])
-                        level = _run_level(urls[name], images, concurrency, duration, warmup)
-                        after = cpu_seconds(procs[name])
-                        # whole level incl. warm-up: CPU ms per answered request, per role
-                        answered = level["ok"] * (1 + warmup / duration)
-                        level["server_cpu_ms_per_request"] = (
-                            {
-                                role: round(
-                                    (after[role] - before.get(role, 0.0)) * 1e3 / answered, 2
-                                )
-                                for role in after
-                            }
-                            if answered
-                            else {}
-                        )
-                        by_round[name][-1].append(level)
+            servers = {name: server for name, (server, _, _) in running.items()}
+            by_round = interleaved_rounds(
+                servers,
+                urls,
+                images,
+                levels,
+                duration,
+                warmup,
+                rounds,
+                server_warmup,
+                warmup_concurrency=soak_concurrency,
+            )
             for name in urls:
                 result[name]["rounds"] = by_round[name]
                 result[name]["levels"] = median_levels(by_round[name])
@@ -1861,8 +1894,10 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             "How TorchServe batches matters here: a worker that takes a request waits up to the "
             f"max batch delay ({srv.get('max_batch_delay_ms', 5)} ms) for more, up to the batch "
             f"size ({srv.get('batch_size', 8)}), so at low concurrency one worker may take "
-            "every request in flight while the other waits. docs/operations.md ('CPU hosts') "
-            "has the sweep behind the default batch size and delay.",
+            "every request in flight while the other waits; ours' workers then run part of "
+            "such a batch on the idle core (`split_batches`, docs/architecture.md). "
+            "docs/operations.md ('CPU hosts') has the sweep behind the default batch size, "
+            "delay and splitting.",
             "",
             "The p99 table compares the best QPS each server reaches while keeping p99 within "
             "the budget; the headline budget is the reference's p99 at its peak QPS level"
@@ -2132,7 +2167,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
         "bench",
-        help="benchmarks: model, pipeline, memory, server, report",
+        help="benchmarks: model, pipeline, memory, server, batching, report",
         description=__doc__,
         epilog="\n\n".join(_EXAMPLES.values()),
         formatter_class=fmt,
@@ -2223,6 +2258,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "torch costs a worker (0: skip)",
     )
     q.set_defaults(func=_cmd_server)
+
+    from yolov5face.bench_batching import add_parser as add_batching_parser
+
+    add_batching_parser(sub, common, fmt)
 
     q = sub.add_parser(
         "report",

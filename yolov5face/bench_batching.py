@@ -1,0 +1,184 @@
+"""Batching variants of ours side by side: TorchServe batch size, with and without splitting."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_VARIANT = re.compile(r"^b(\d+)(\+split)?$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One server configuration: TorchServe batch size and whether batches are split."""
+
+    batch: int
+    split: bool
+
+    @property
+    def name(self) -> str:
+        """The variant as written on the command line (`b4+split`)."""
+        return f"b{self.batch}" + ("+split" if self.split else "")
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """`b<batch>` or `b<batch>+split`."""
+        match = _VARIANT.match(text.strip())
+        if not match or int(match.group(1)) < 1:
+            raise ValueError(f"not a variant: {text!r} (expected e.g. b2, b4+split)")
+        return cls(int(match.group(1)), bool(match.group(2)))
+
+    def env(self, delay_ms: int) -> dict[str, str]:
+        """The environment that gives `yolov5face archive` / `serve` this configuration."""
+        return {
+            "YOLOV5FACE_BATCH_SIZE": str(self.batch),
+            "YOLOV5FACE_MAX_BATCH_DELAY": str(delay_ms),
+            "YOLOV5FACE_SPLIT_BATCHES": "1" if self.split else "0",
+        }
+
+
+def bench_batching(
+    weights: Path,
+    image: Path,
+    variants: Sequence[Variant],
+    levels: Sequence[int] = (2, 4, 8, 16, 24),
+    duration: float = 5.0,
+    warmup: float = 1.0,
+    rounds: int = 3,
+    delay_ms: int = 1,
+    workers: int = 2,
+    server_warmup: float = 20.0,
+    ready_timeout: float = 300.0,
+) -> dict:
+    """One `yolov5face serve` per variant, all running; levels interleaved across them."""
+    from yolov5face import bench
+
+    blob = image.read_bytes()
+    images = [(image.name, blob)]
+    result: dict[str, Any] = {
+        "image": image.name,
+        "levels": list(levels),
+        "duration_s": duration,
+        "warmup_s": warmup,
+        "rounds": rounds,
+        "max_batch_delay_ms": delay_ms,
+        "workers": workers,
+        "server_warmup_s": server_warmup,
+    }
+    running: dict[str, bench.RunningServer] = {}
+    with tempfile.TemporaryDirectory(prefix="yolov5face-batching-") as tmp:
+        root = Path(tmp)
+        try:
+            for k, variant in enumerate(variants):
+                env = variant.env(delay_ms)
+                store = root / f"v{k}" / "model-store"
+                bench.build_ours_archive(weights, store, workers, extra_env=env)
+                running[variant.name] = bench.start_ours(
+                    root / f"v{k}", weights, store, workers, env
+                )
+            urls = {}
+            for name, server in running.items():
+                bench.wait_workers(server, "fd1", workers, ready_timeout)
+                urls[name] = f"{server.http}/predictions/fd1"
+            by_round = bench.interleaved_rounds(
+                running, urls, images, levels, duration, warmup, rounds, server_warmup
+            )
+        finally:
+            for server in running.values():
+                bench.stop_server(server)
+    result["variants"] = {
+        name: {"rounds": by_round[name], "levels": bench.median_levels(by_round[name])}
+        for name in urls
+    }
+    return result
+
+
+def batching_rows(result: dict) -> list[list[Any]]:
+    """variant, concurrency, QPS, QPS by round, p50, p99, server CPU ms per request."""
+    rows = []
+    for name, data in result["variants"].items():
+        for lv in data["levels"]:
+            cpu = lv.get("server_cpu_ms_per_request") or {}
+            rows.append(
+                [
+                    name,
+                    lv["concurrency"],
+                    lv["qps"],
+                    " / ".join(f"{q:.0f}" for q in lv["qps_by_round"]),
+                    lv["p50_ms"],
+                    lv["p99_ms"],
+                    round(sum(cpu.values()), 2) if cpu else None,
+                ]
+            )
+    return rows
+
+
+HEADER = ["variant", "concurrency", "QPS", "QPS by round", "p50 ms", "p99 ms", "CPU ms/req"]
+
+_EXAMPLES = """examples:
+  yolov5face bench batching                                 # b2, b2+split, b4+split, b8+split
+  yolov5face bench batching --variants b2,b4+split --concurrency 4,16 --rounds 5
+Variants: b<N> = TorchServe batch size N; +split = a batch also runs on cores no other worker is
+using (YOLOV5FACE_SPLIT_BATCHES). CPU ms/req: frontend + workers per answered request.
+Needs Java (TorchServe); every server is stopped at the end, also on errors."""
+
+
+def add_parser(sub: argparse._SubParsersAction, common: Any, fmt: type) -> None:
+    """`yolov5face bench batching`."""
+    from yolov5face.bench import _csv, _csv_ints
+
+    q = sub.add_parser(
+        "batching",
+        help="ours with other batch sizes / batch splitting, side by side",
+        epilog=_EXAMPLES,
+        formatter_class=fmt,
+    )
+    common(q)
+    q.add_argument("--image", default="zidane.jpg")
+
+    def variants(text: str) -> list[Variant]:
+        try:
+            parsed = [Variant.parse(t) for t in _csv(text)]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if len({v.name for v in parsed}) != len(parsed):
+            raise argparse.ArgumentTypeError(f"a variant is listed twice: {text!r}")
+        return parsed
+
+    q.add_argument(
+        "--variants",
+        type=variants,
+        default=[Variant(2, False), Variant(2, True), Variant(4, True), Variant(8, True)],
+    )
+    q.add_argument("--concurrency", type=_csv_ints, default=[2, 4, 8, 16, 24])
+    q.add_argument("--duration", type=float, default=5.0, help="counted seconds per level")
+    q.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds per level")
+    q.add_argument("--rounds", type=int, default=3, help="sweeps; each level reports the median")
+    q.add_argument("--delay", type=int, default=1, help="max batch delay, ms (default 1)")
+    q.add_argument("--workers", type=int, default=2)
+    q.add_argument("--server-warmup", type=float, default=20.0, help="uncounted load first, s")
+    q.set_defaults(func=_cmd_batching)
+
+
+def _cmd_batching(args: argparse.Namespace) -> int:
+    from yolov5face.bench import _emit, _weights, resolve_image, text_table
+
+    result = bench_batching(
+        _weights(args),
+        resolve_image(args.image),
+        args.variants,
+        levels=args.concurrency,
+        duration=args.duration,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        delay_ms=args.delay,
+        workers=args.workers,
+        server_warmup=args.server_warmup,
+    )
+    _emit(result, [text_table(HEADER, batching_rows(result))])
+    return 0
