@@ -242,7 +242,6 @@ def test_a_burst_on_one_worker_is_split_over_the_idle_core(server, expected):
                 assert resp.status_code == 200 and resp.json() == want[name], name
     text = _metrics_after(server, before, images=80)
     assert _counter(text, "Fd1SplitBatches") > _counter(before, "Fd1SplitBatches")
-    assert _counter(text, "Fd1Batches") - _counter(before, "Fd1Batches") < 80  # batches formed
 
 
 def test_no_log_lines_per_request(server, expected):
