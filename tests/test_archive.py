@@ -15,7 +15,8 @@ def test_archive_contents_and_rebuild_only_on_change(weights, tmp_path, monkeypa
     with zipfile.ZipFile(mar) as zf:
         names = set(zf.namelist())
         config = yaml.safe_load(zf.read("model-config.yaml"))
-    assert {"fd1.onnx", "handler.py", "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
+    expected = {"fd1.onnx", "fd1.band.onnx", "handler.py", "model-config.yaml"}
+    assert expected | {"MAR-INF/MANIFEST.json"} <= names
     assert config["batchSize"] == 2 and config["handler"]["backend"] == "auto"
     stamp = mar.stat().st_mtime_ns
     assert build_archive(weights, tmp_path).stat().st_mtime_ns == stamp  # inputs unchanged

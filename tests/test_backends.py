@@ -155,9 +155,9 @@ def test_cpu_detector_runs_big_batches_in_chunks_of_four(detector, images, golde
     calls: list[int] = []
     infer = detector.backend.infer
 
-    def counting(batch):
+    def counting(batch, *window):
         calls.append(len(batch))
-        return infer(batch)
+        return infer(batch, *window)
 
     detector.backend.infer = counting
     try:
@@ -180,9 +180,9 @@ def test_split_batch_runs_on_two_threads_with_the_same_answers(detector, images,
     threads: set[str] = set()
     infer = detector.backend.infer
 
-    def recording(batch):
+    def recording(batch, *window):
         threads.add(threading.current_thread().name)
-        return infer(batch)
+        return infer(batch, *window)
 
     serial_timings: dict = {}
     serial = detector.detect(blobs, serial_timings)

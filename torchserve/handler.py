@@ -103,7 +103,10 @@ class FaceDetectionHandler:
         model_dir = Path(context.system_properties["model_dir"])
         settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
         self.model_name = context.manifest.get("model", {}).get("modelName", "fd1")
-        onnx_files = sorted(model_dir.glob("*.onnx"))
+        # The plain model; the ONNX Runtime backend finds the banded one beside it itself.
+        onnx_files = sorted(
+            p for p in model_dir.glob("*.onnx") if not p.name.endswith(".band.onnx")
+        )
         if not onnx_files:
             raise RuntimeError(f"no .onnx model in the archive ({model_dir})")
         threads = int(os.environ.get("YOLOV5FACE_THREADS", settings.get("threads", 1)))

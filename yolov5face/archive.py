@@ -51,7 +51,7 @@ def _inputs_digest(weights_sha: str, img_size: int, config: dict) -> str:
     ):
         digest.update(part.encode())
     for source in sorted((REPO_ROOT / "yolov5face").glob("*.py")):
-        if source.name in {"model.py", "export.py", "checkpoint.py"}:
+        if source.name in {"model.py", "export.py", "checkpoint.py", "band.py", "band_export.py"}:
             digest.update(source.read_bytes())
     return digest.hexdigest()
 
@@ -80,10 +80,12 @@ def build_archive(
         Path(sys.executable).parent / "torch-model-archiver"
     )
     with tempfile.TemporaryDirectory(prefix=".fd1-build-", dir=store) as tmp:
+        from yolov5face.band import band_path
         from yolov5face.export import export_onnx
 
         onnx_path = Path(tmp) / f"{MODEL_NAME}.onnx"
         export_onnx(weights, onnx_path, img_size=img_size)
+        extra = [str(p) for p in [band_path(onnx_path)] if p.exists()]  # the banded CPU model
         config_path = Path(tmp) / "model-config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         out_dir = Path(tmp) / "out"
@@ -100,6 +102,7 @@ def build_archive(
             str(onnx_path),
             "--config-file",
             str(config_path),
+            *(["--extra-files", ",".join(extra)] if extra else []),
             "--export-path",
             str(out_dir),
             "--force",

@@ -445,8 +445,10 @@ def _pipeline_cases(
     blob: bytes,
     batches: Sequence[int],
     reference_setup: Callable[[], None],
+    plain: Any = None,
 ) -> list[Case]:
-    """Ours at each batch size (B copies per call) and the baseline (one image per call)."""
+    """Ours at each batch size (B copies per call), the same with the plain model when `plain`
+    is given (ours runs the banded one), and the baseline (one image per call)."""
 
     def case(name: str, detect: Callable[[dict], list], setup: Any = None) -> Case:
         timings: dict = {}
@@ -455,6 +457,11 @@ def _pipeline_cases(
     cases = [
         case(f"ours b{b}", lambda tm, blobs=[blob] * b: detector.detect(blobs, tm)) for b in batches
     ]
+    if plain is not None:
+        cases += [
+            case(f"plain b{b}", lambda tm, blobs=[blob] * b: plain.detect(blobs, tm))
+            for b in batches
+        ]
     cases.append(case("baseline", lambda tm: [reference.detect_one(blob, tm)], reference_setup))
     return cases
 
@@ -478,11 +485,14 @@ def bench_pipeline(
     from yolov5face.reference_pipeline import ReferencePipeline
 
     model = cached_onnx(weights, img_size) if backend == "onnxruntime" else weights
-    rows, comparisons, post = [], [], {}
+    rows, comparisons, post, band = [], [], {}, []
     restore = _torch_threads_keeper()
     for t in threads:
         detector = Detector(model, backend=backend, img_size=img_size, threads=t)
         reference = ReferencePipeline(weights, img_size=img_size, threads=t)
+        plain = None
+        if getattr(detector.backend, "band", None) is not None:
+            plain = Detector(model, backend=backend, img_size=img_size, threads=t, band=False)
 
         def torch_threads(t: int = t) -> None:
             torch.set_num_threads(t)
@@ -490,10 +500,27 @@ def bench_pipeline(
         for name in images:
             path = resolve_image(name)
             blob = path.read_bytes()
-            cases = _pipeline_cases(detector, reference, blob, batches, torch_threads)
+            cases = _pipeline_cases(detector, reference, blob, batches, torch_threads, plain)
             times = timed_rounds(cases, seconds, rounds, warmup, desc=f"pipeline {path.name} t{t}")
+            for b in batches if plain is not None else ():
+                ours_ms, plain_ms = (
+                    float(np.sum(times[f"{k} b{b}"])) * 1e3 / (b * len(times[f"{k} b{b}"]))
+                    for k in ("ours", "plain")
+                )
+                band.append(
+                    {
+                        "image": path.name,
+                        "threads": t,
+                        "batch": b,
+                        "banded_ms": round(ours_ms, 3),
+                        "plain_ms": round(plain_ms, 3),
+                        "banded_over_plain": round(ours_ms / plain_ms, 3),
+                    }
+                )
             image_rows = []
             for case in cases:
+                if case.name.startswith("plain"):
+                    continue  # only in the band table
                 b = int(case.name.split(" b")[1]) if case.name.startswith("ours") else 1
                 pipeline = "ours" if case.name.startswith("ours") else "baseline"
                 image_rows.append(
@@ -516,7 +543,7 @@ def bench_pipeline(
                 post[path.name] = bench_postprocess(
                     detector, reference, blob, postprocess_seconds, rounds
                 )
-        del detector, reference
+        del detector, reference, plain
     restore()
     return {
         "backend": backend,
@@ -525,6 +552,7 @@ def bench_pipeline(
         "rows": rows,
         "comparisons": comparisons,
         "postprocess": post,
+        "band": band,
     }
 
 
@@ -554,6 +582,14 @@ def pipeline_tables(result: dict, md: bool = False) -> list[str]:
     ]
     if post:
         out.append(table(["image", "faces", "ours ms", "baseline ms", "speed-up"], post))
+    band = [
+        [b["image"], b["threads"], b["batch"], b["banded_ms"], b["plain_ms"]]
+        + [f"{b['banded_over_plain']:.3f}"]
+        for b in result.get("band", [])
+    ]
+    if band:
+        header = ["image", "threads", "batch", "banded ms", "plain model ms", "banded / plain"]
+        out.append(table(header, band))
     return out
 
 
@@ -1813,7 +1849,8 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
         parts += [
             "## 2. Pipeline: JPEG bytes -> JSON",
             "",
-            f"Ours: `Detector.detect` ({p['backend']}, the exported ONNX) on a list of B copies "
+            f"Ours: `Detector.detect` ({p['backend']}, the exported ONNX, banded on the CPU: "
+            "yolov5face/band.py) on a list of B copies "
             "of the image, then `json.dumps` per image; the stage split comes from the "
             "Detector's `timings` dict (post-processing includes building the face dicts). "
             "Baseline: `yolov5face/reference_pipeline.py`, the reference handler's design "
@@ -1823,8 +1860,12 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             "tests/test_bench.py checks it returns the same faces as the Detector.",
             "",
             *[t + "\n" for t in pipeline_tables(p, md=True)],
-            "The last table is the post-processing micro-benchmark: raw network output -> "
-            "JSON string (decode heads, threshold, NMS, map back, JSON), median ms.",
+            "The post-processing micro-benchmark table: raw network output -> "
+            "JSON string (decode heads, threshold, NMS, map back, JSON), median ms. "
+            "The last table (when present) times ours against the same Detector on the plain "
+            "model, whole 320x320 canvases (`band=False`), interleaved with the cases above: "
+            "the difference is what the banded model saves (its answers are tested equal in "
+            "tests/test_band.py).",
             "",
             f"![pipeline stages]({plots['pipeline']})",
             "",

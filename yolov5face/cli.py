@@ -133,6 +133,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     weights = args.weights or default_weights()
     if args.format == "onnx":
+        from yolov5face.band import band_path
         from yolov5face.export import export_onnx
 
         info = export_onnx(weights, args.out, img_size=args.img_size, opset=args.opset)
@@ -143,6 +144,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                     "sha256": info.sha256,
                     "img_size": info.img_size,
                     "opset": args.opset,
+                    "band": str(band_path(args.out)) if band_path(args.out).exists() else None,
                 }
             )
         )

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from yolov5face.band import band_window
 from yolov5face.imagedecode import DEFAULT_MAX_PIXELS, ImageError, decode_with_size
-from yolov5face.letterbox import letterbox_batch
+from yolov5face.letterbox import letterbox_batch, letterbox_geometry
 from yolov5face.postprocess import Faces, decode_predictions, to_json_faces
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Detector:
         device: str | None = None,
         max_batch: int = 32,
         fast_decode: bool = False,
+        band: bool | None = None,
     ):
         from yolov5face.backends import create_backend
         from yolov5face.paths import default_weights
@@ -59,6 +61,7 @@ class Detector:
             threads=threads,
             device=device,
             max_batch=max_batch,
+            band=band,
         )
         self.info = self.backend.info
         if self.info.img_size != img_size:
@@ -102,11 +105,20 @@ class Detector:
         for start in range(0, len(images), self.chunk):
             chunk = images[start : start + self.chunk]
             t0 = time.perf_counter()
-            batch, geometry = letterbox_batch(chunk, self.img_size)
+            band = getattr(self.backend, "band", None)
+            if band is None:
+                batch, geometry = letterbox_batch(chunk, self.img_size)
+            else:
+                # A banded model takes only the window of the canvas the content can change.
+                window = band_window(
+                    band, letterbox_geometry([image.shape for image in chunk], self.img_size)
+                )
+                crop = (window.y0, window.y1, window.x0, window.x1)
+                batch, geometry = letterbox_batch(chunk, self.img_size, crop)
             if sizes is not None:
                 geometry[:, :2] = sizes[start : start + self.chunk]
             t1 = time.perf_counter()
-            raw = self.backend.infer(batch)
+            raw = self.backend.infer(batch) if band is None else self.backend.infer(batch, window)
             t2 = time.perf_counter()
             out.extend(
                 Detection(

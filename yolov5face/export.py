@@ -18,15 +18,22 @@ METADATA_KEY = "yolov5face"
 # Bumped whenever the exported graph changes for the same weights, so caches re-export.
 # 2: static shapes except the batch axis (no run-time shape arithmetic in the graph).
 # 3: the ShuffleNet channel shuffle as one stacked Concat (model.interleave_channels).
-EXPORT_FORMAT = 3
+# 4: the banded CPU model written beside it (yolov5face/band_export.py).
+EXPORT_FORMAT = 4
 
 
 def export_onnx(
-    weights: str | os.PathLike, out: str | os.PathLike, img_size: int = 320, opset: int = 17
+    weights: str | os.PathLike,
+    out: str | os.PathLike,
+    img_size: int = 320,
+    opset: int = 17,
+    band: bool = True,
 ) -> ModelInfo:
     """Export a checkpoint to ONNX with a dynamic batch axis; returns the recorded ModelInfo.
 
-    The file is written atomically (temp file + rename), so a crash leaves no half model.
+    With `band` (and ONNX Runtime installed) the banded CPU model is written beside it as
+    `<out stem>.band.onnx`. Files are written atomically (temp file + rename), so a crash leaves
+    no half model.
     """
     import onnx
     import torch
@@ -79,7 +86,24 @@ def export_onnx(
         if os.path.exists(tmp):
             os.unlink(tmp)
     logger.info("exported %s -> %s (img size %d, opset %d)", weights, out, img_size, opset)
+    from yolov5face.band import band_path
+
+    band_path(out).unlink(missing_ok=True)  # made from the previous file, if any
+    if band:
+        _export_band(out)
     return info
+
+
+def _export_band(plain: Path) -> None:
+    """Write the banded model of `plain` when ONNX Runtime is here to check it."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        logger.info("onnxruntime is not installed: no banded model for %s", plain)
+        return
+    from yolov5face.band_export import export_banded
+
+    export_banded(plain)
 
 
 def cached_onnx(

@@ -49,8 +49,13 @@ def create_backend(
     threads: int | None = None,
     device: str | None = None,
     max_batch: int = 32,
+    band: bool | None = None,
 ) -> Backend:
-    """Build the backend for `weights` (.pt/.safetensors checkpoint or exported .onnx)."""
+    """Build the backend for `weights` (.pt/.safetensors checkpoint or exported .onnx).
+
+    `band`: ONNX Runtime on the CPU runs the banded model when there is one (default: yes,
+    unless YOLOV5FACE_BAND=0; yolov5face/band.py).
+    """
     resolved, reason = choose_backend(name)
     logger.info("backend %s (%s)", resolved, reason)
     weights = Path(weights)
@@ -65,7 +70,7 @@ def create_backend(
         from yolov5face.backends.onnxruntime import OnnxRuntimeBackend
         from yolov5face.export import cached_onnx
 
-        return OnnxRuntimeBackend(cached_onnx(weights, img_size), threads=threads)
+        return OnnxRuntimeBackend(cached_onnx(weights, img_size), threads=threads, band=band)
     from yolov5face.backends.tensorrt import TensorRTBackend
 
     try:
@@ -74,4 +79,4 @@ def create_backend(
         if reason == "requested explicitly":
             raise
         logger.exception("TENSORRT ENGINE FAILED: falling back to ONNX Runtime (slower)")
-        return create_backend("onnxruntime", weights, img_size, threads, device, max_batch)
+        return create_backend("onnxruntime", weights, img_size, threads, device, max_batch, band)

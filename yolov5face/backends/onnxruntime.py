@@ -9,6 +9,9 @@ from typing import Any
 import numpy as np
 
 from yolov5face.backends.base import ModelInfo, warmup_batches
+from yolov5face.band import METADATA_KEY as BAND_KEY
+from yolov5face.band import BandSpec, Window, band_path
+from yolov5face.checkpoint import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,12 @@ def read_model_info(session: Any) -> ModelInfo:
     return ModelInfo.from_json(meta[METADATA_KEY])
 
 
+def _band_spec(session: Any) -> BandSpec | None:
+    """The BandSpec in a banded model's metadata (None for a plain model)."""
+    meta = session.get_modelmeta().custom_metadata_map
+    return BandSpec.from_json(meta[BAND_KEY]) if BAND_KEY in meta else None
+
+
 class OnnxRuntimeBackend:
     """Runs an exported ONNX model in an InferenceSession."""
 
@@ -38,7 +47,10 @@ class OnnxRuntimeBackend:
         model_path: str | os.PathLike,
         threads: int | None = None,
         providers: list[str] | None = None,
+        band: bool | None = None,
     ):
+        """`band`: run the banded model beside `model_path` on the CPU when there is one
+        (default: yes, unless YOLOV5FACE_BAND=0)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -50,7 +62,19 @@ class OnnxRuntimeBackend:
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in _GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+        if band is None:
+            band = os.environ.get("YOLOV5FACE_BAND", "1").lower() not in ("0", "false", "no")
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+        # The banded model runs windows; whole canvases (square images) skip its splice.
+        self.band: BandSpec | None = None
+        self._banded: Any = None
+        banded = band_path(model_path)
+        if band and providers == ["CPUExecutionProvider"] and banded.exists():
+            self._banded = ort.InferenceSession(str(banded), options, providers=providers)
+            self.band = _band_spec(self._banded)
+            if self.band is None or self.band.source_sha256 != sha256_file(model_path):
+                logger.warning("%s is not made from %s: plain model only", banded, model_path)
+                self.band, self._banded = None, None
         self.info = read_model_info(self.session)
         self.threads = options.intra_op_num_threads
         self._input = self.session.get_inputs()[0].name
@@ -60,9 +84,13 @@ class OnnxRuntimeBackend:
         on_cpu = self.session.get_providers() == ["CPUExecutionProvider"]
         self.preferred_batch: int | None = CPU_PREFERRED_BATCH if on_cpu else None
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch."""
-        return self.session.run([self._output], {self._input: batch})[0]
+    def infer(self, batch: np.ndarray, window: Window | None = None) -> np.ndarray:
+        """Run one batch: whole canvases, or with a banded model the crop `window` describes."""
+        if window is None or window.full:
+            return self.session.run([self._output], {self._input: batch})[0]
+        if self._banded is None:
+            raise ValueError("a window needs the banded model, and this backend has none")
+        return self._banded.run([self._output], {self._input: batch, **window.inputs})[0]
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run dummy batches."""
@@ -75,4 +103,5 @@ class OnnxRuntimeBackend:
             "providers": self.session.get_providers(),
             "threads": self.threads,
             "precision": "fp32",
+            "band": self.band is not None,
         }
