@@ -313,12 +313,16 @@ def test_batching_variants_parse():
     from yolov5face.bench_batching import Variant
 
     assert Variant.parse("b4+split") == Variant(4, True) and Variant.parse("b2").name == "b2"
+    assert Variant.parse("b2+split+plain") == Variant(2, True, plain=True)
+    assert Variant(2, True, plain=True).name == "b2+split+plain"
     assert Variant(8, True).env(1) == {
         "YOLOV5FACE_BATCH_SIZE": "8",
         "YOLOV5FACE_MAX_BATCH_DELAY": "1",
         "YOLOV5FACE_SPLIT_BATCHES": "1",
+        "YOLOV5FACE_BAND": "1",
     }
-    for bad in ("4", "b0", "b2+spilt", "batch4"):
+    assert Variant(2, False, plain=True).env(1)["YOLOV5FACE_BAND"] == "0"
+    for bad in ("4", "b0", "b2+spilt", "batch4", "b2+plain+split"):
         with pytest.raises(ValueError):
             Variant.parse(bad)
 

@@ -187,7 +187,7 @@ def _banded_graph(model: Any, cut: str, cut_index: int, pad: np.ndarray) -> Any:
     nodes: list[Any] = []
     for k, node in enumerate(graph.node):
         if k <= cut_index and node.op_type == "Reshape":
-            # Static (C, H, W) targets become (C, H, W of the input): the window varies.
+            # A static (..., H, W) target takes H and W from its input: the window varies.
             target = numpy_helper.to_array(consts[node.input[1]])
             base = node.name or node.output[0]
             prefix, hw, shape = f"{base}/band_prefix", f"{base}/band_hw", f"{base}/band_shape"

@@ -1,4 +1,5 @@
-"""Batching variants of ours side by side: TorchServe batch size, with and without splitting."""
+"""Variants of ours side by side: TorchServe batch size, with and without splitting, banded or
+plain model."""
 
 from __future__ import annotations
 
@@ -10,28 +11,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_VARIANT = re.compile(r"^b(\d+)(\+split)?$")
+_VARIANT = re.compile(r"^b(\d+)(\+split)?(\+plain)?$")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One server configuration: TorchServe batch size and whether batches are split."""
+    """One server configuration: TorchServe batch size, whether batches are split, and whether
+    the plain model runs instead of the banded one (yolov5face/band.py)."""
 
     batch: int
     split: bool
+    plain: bool = False
 
     @property
     def name(self) -> str:
-        """The variant as written on the command line (`b4+split`)."""
-        return f"b{self.batch}" + ("+split" if self.split else "")
+        """The variant as written on the command line (`b4+split`, `b2+split+plain`)."""
+        return (
+            f"b{self.batch}" + ("+split" if self.split else "") + ("+plain" if self.plain else "")
+        )
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """`b<batch>` or `b<batch>+split`."""
+        """`b<batch>`, then optionally `+split`, then optionally `+plain`."""
         match = _VARIANT.match(text.strip())
         if not match or int(match.group(1)) < 1:
-            raise ValueError(f"not a variant: {text!r} (expected e.g. b2, b4+split)")
-        return cls(int(match.group(1)), bool(match.group(2)))
+            raise ValueError(f"not a variant: {text!r} (expected e.g. b2, b4+split, b2+plain)")
+        return cls(int(match.group(1)), bool(match.group(2)), bool(match.group(3)))
 
     def env(self, delay_ms: int) -> dict[str, str]:
         """The environment that gives `yolov5face archive` / `serve` this configuration."""
@@ -39,6 +44,7 @@ class Variant:
             "YOLOV5FACE_BATCH_SIZE": str(self.batch),
             "YOLOV5FACE_MAX_BATCH_DELAY": str(delay_ms),
             "YOLOV5FACE_SPLIT_BATCHES": "1" if self.split else "0",
+            "YOLOV5FACE_BAND": "0" if self.plain else "1",
         }
 
 
@@ -123,8 +129,10 @@ HEADER = ["variant", "concurrency", "QPS", "QPS by round", "p50 ms", "p99 ms", "
 _EXAMPLES = """examples:
   yolov5face bench batching                                 # b2, b2+split, b4+split, b8+split
   yolov5face bench batching --variants b2,b4+split --concurrency 4,16 --rounds 5
+  yolov5face bench batching --variants b2+split,b2+split+plain   # banded against plain model
 Variants: b<N> = TorchServe batch size N; +split = a batch also runs on cores no other worker is
-using (YOLOV5FACE_SPLIT_BATCHES). CPU ms/req: frontend + workers per answered request.
+using (YOLOV5FACE_SPLIT_BATCHES); +plain = the plain model instead of the banded one
+(YOLOV5FACE_BAND=0). CPU ms/req: frontend + workers per answered request.
 Needs Java (TorchServe); every server is stopped at the end, also on errors."""
 
 

@@ -69,7 +69,8 @@ class OnnxRuntimeBackend:
         self.band: BandSpec | None = None
         self._banded: Any = None
         banded = band_path(model_path)
-        if band and providers == ["CPUExecutionProvider"] and banded.exists():
+        on_cpu = self.session.get_providers() == ["CPUExecutionProvider"]
+        if band and on_cpu and banded.exists():
             self._banded = ort.InferenceSession(str(banded), options, providers=providers)
             self.band = _band_spec(self._banded)
             if self.band is None or self.band.source_sha256 != sha256_file(model_path):
@@ -81,7 +82,6 @@ class OnnxRuntimeBackend:
         self._output = self.session.get_outputs()[0].name
         # On the CPU, batches of 4 run fastest per image: the activations of 4 images at 320 px
         # stay in the caches, 8 spill (2 processes on 8-image batches: 1-4% fewer images/s).
-        on_cpu = self.session.get_providers() == ["CPUExecutionProvider"]
         self.preferred_batch: int | None = CPU_PREFERRED_BATCH if on_cpu else None
 
     def infer(self, batch: np.ndarray, window: Window | None = None) -> np.ndarray:
