@@ -103,7 +103,10 @@ def _export_band(plain: Path) -> None:
         return
     from yolov5face.band_export import export_banded
 
-    export_banded(plain)
+    try:
+        export_banded(plain)
+    except Exception:  # an optimisation: the plain model serves the same answers without it
+        logger.exception("building the banded model of %s failed; serving the plain one", plain)
 
 
 def cached_onnx(
