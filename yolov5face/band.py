@@ -42,11 +42,6 @@ class BandSpec:
     cut: str = ""
     source_sha256: str = ""  # the plain ONNX this was built from
 
-    @property
-    def cells(self) -> tuple[int, int]:
-        """Cut map size (rows, columns)."""
-        return self.size // self.stride[0], self.size // self.stride[1]
-
     def to_json(self) -> str:
         """Serialise (into the banded model's metadata)."""
         return json.dumps(asdict(self), sort_keys=True)

@@ -82,12 +82,10 @@ def _spatial_axes_untouched(node: Any, rank: int, consts: dict[str, np.ndarray])
 
 def _trace(model: Any, shapes: dict[str, list[int]], size: int, stride: int) -> tuple | None:
     """Follow the canvas fields through the first layers; return (cut, its field, cut index)."""
-    graph = model.graph
-    consts: dict[str, np.ndarray] = {}
     from onnx import numpy_helper
 
-    for init in graph.initializer:
-        consts[init.name] = numpy_helper.to_array(init)
+    graph = model.graph
+    consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     last_use: dict[str, int] = {}
     for k, node in enumerate(graph.node):
         for name in node.input:
