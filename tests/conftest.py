@@ -50,7 +50,7 @@ def golden_names(shared: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def onnx_model(weights: Path, tmp_path_factory) -> Path:
-    from yolov5face.export import export_onnx
+    from yolov5face.convert.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(weights, out, img_size=320)
@@ -60,7 +60,7 @@ def onnx_model(weights: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def detectors(weights: Path, onnx_model: Path) -> dict:
     """One Detector per CPU backend (every CPU backend must meet the golden parity)."""
-    from yolov5face.detector import Detector
+    from yolov5face.pipeline.detector import Detector
 
     return {
         "torch": Detector(weights, backend="torch", threads=2),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from yolov5face.server import private_listeners
+from yolov5face.serving.launcher import private_listeners
 
 ROOT = Path(__file__).resolve().parents[1]
 

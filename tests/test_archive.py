@@ -5,8 +5,8 @@ import zipfile
 import pytest
 import yaml
 
-from yolov5face.archive import build_archive
-from yolov5face.server import ServeError, check_java, verify_weights
+from yolov5face.serving.archive import build_archive
+from yolov5face.serving.launcher import ServeError, check_java, verify_weights
 
 
 def test_archive_contents_and_rebuild_only_on_change(weights, tmp_path, monkeypatch):

@@ -7,13 +7,13 @@ import onnx
 import pytest
 
 from yolov5face.backends import choose_backend
-from yolov5face.compare import compare_faces
-from yolov5face.engine_cache import EngineCache, EngineKey
-from yolov5face.tensorrt_build import bucket_for
+from yolov5face.convert.engine_cache import EngineCache, EngineKey
+from yolov5face.convert.tensorrt import bucket_for
+from yolov5face.tools.compare import compare_faces
 
 
 def test_onnx_metadata_and_checker(onnx_model, weights):
-    from yolov5face.checkpoint import sha256_file
+    from yolov5face.model.checkpoint import sha256_file
 
     proto = onnx.load(onnx_model)
     onnx.checker.check_model(proto)
@@ -32,8 +32,8 @@ def test_onnx_graph_has_no_run_time_shape_arithmetic(onnx_model):
 
 
 def test_onnxruntime_equals_torch_raw(detectors, images):
-    from yolov5face.imagedecode import decode_image
-    from yolov5face.letterbox import letterbox_batch
+    from yolov5face.pipeline.decode import decode_image
+    from yolov5face.pipeline.letterbox import letterbox_batch
 
     decoded = [decode_image((images / n).read_bytes()) for n in ("zidane.jpg", "test.jpg")]
     batch, _ = letterbox_batch(decoded, 320)
@@ -173,7 +173,7 @@ def test_split_batch_runs_on_two_threads_with_the_same_answers(detector, images,
     """detect(threads=2): parts on two threads, answers (a bad image included) in request order."""
     import threading
 
-    from yolov5face.imagedecode import ImageError
+    from yolov5face.pipeline.decode import ImageError
 
     blobs = [(images / n).read_bytes() for n in golden_names] + [b"not an image"]
     blobs = blobs[:3] + blobs[-1:] + blobs[3:-1]

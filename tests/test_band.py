@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from yolov5face.band import BandSpec, band_path, band_window
-from yolov5face.letterbox import letterbox_batch, letterbox_geometry
+from yolov5face.backends.band import BandSpec, band_path, band_window
+from yolov5face.pipeline.letterbox import letterbox_batch, letterbox_geometry
 
-# The n-0.5 model's cut: cells every 8 px, each seeing 7 px either side (yolov5face/band_export.py).
+# The n-0.5 model's cut: cells every 8 px, each seeing 7 px either side
+# (yolov5face/convert/band.py).
 SPEC = BandSpec(size=320, stride=(8, 8), lo=(-7, -7), hi=(7, 7))
 
 
@@ -99,7 +100,7 @@ def test_banded_outputs_equal_the_plain_model(backends, images):
     """Raw outputs on every shared photo, alone and in mixed batches, crop against canvas."""
     import cv2
 
-    from yolov5face.band_export import TOLERANCE
+    from yolov5face.convert.band import TOLERANCE
 
     plain, banded = backends
     photos = [cv2.imread(str(p)) for p in sorted(images.glob("*.jpg")) if p.name != "bad_image.jpg"]
@@ -122,7 +123,7 @@ def test_banded_outputs_equal_the_plain_model(backends, images):
 
 
 def test_banded_detector_answers_exactly_like_the_plain_one(onnx_model, images, monkeypatch):
-    from yolov5face.detector import Detector
+    from yolov5face.pipeline.detector import Detector
 
     banded = Detector(onnx_model, backend="onnxruntime", threads=1)
     monkeypatch.setenv("YOLOV5FACE_BAND", "0")
@@ -181,7 +182,7 @@ def _toy_model(path, middle: list) -> None:
 def test_receptive_fields_are_followed_and_a_resize_stops_the_band(tmp_path):
     from onnx import helper
 
-    from yolov5face.band_export import export_banded
+    from yolov5face.convert.band import export_banded
 
     conv = helper.make_node(
         "Conv", ["c", "w1"], ["m"], kernel_shape=[3, 3], strides=[4, 4], pads=[1] * 4

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from yolov5face import bench
-from yolov5face.cli import main
-from yolov5face.compare import compare_faces
+from yolov5face.lab import bench
+from yolov5face.tools.cli import main
+from yolov5face.tools.compare import compare_faces
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def onnx_cache(tmp_path_factory, onnx_model: Path, weights: Path):
     """A private YOLOV5FACE_CACHE holding the session's export under its cached name."""
-    from yolov5face.export import cached_onnx
+    from yolov5face.convert.onnx import cached_onnx
 
     cache = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:
@@ -75,7 +75,7 @@ def test_model_rows_have_positive_throughput_for_both_backends(model_result):
 
 @pytest.mark.parametrize("name", ["zidane.jpg", "test.jpg"])
 def test_reference_pipeline_gives_the_detectors_faces(detector, weights, images, name):
-    from yolov5face.reference_pipeline import ReferencePipeline
+    from yolov5face.lab.reference_pipeline import ReferencePipeline
 
     blob = (images / name).read_bytes()
     ours = detector.detect([blob])[0]
@@ -87,7 +87,7 @@ def test_reference_pipeline_gives_the_detectors_faces(detector, weights, images,
 
 def test_reference_handler_answers_like_torchserve_expects(weights, images):
     spec = importlib.util.spec_from_file_location(
-        "reference_handler", ROOT / "torchserve" / "reference_handler.py"
+        "reference_handler", ROOT / "yolov5face" / "lab" / "reference_handler.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -257,7 +257,7 @@ def test_report_has_every_section_and_plot(
 
 def test_decode_study_decoders(images):
     """The study compares ours with plain OpenCV (same pixels) and scaled decoders (smaller)."""
-    from yolov5face.decode_study import decoders
+    from yolov5face.lab.decode_study import decoders
 
     data = (images / "zidane.jpg").read_bytes()
     out = {name: decode(data) for name, decode in decoders(320).items()}
@@ -310,7 +310,7 @@ def test_sigterm_during_bench_server_stops_its_torchserve(tmp_path, weights, onn
 
 
 def test_batching_variants_parse():
-    from yolov5face.bench_batching import Variant
+    from yolov5face.lab.bench_batching import Variant
 
     assert Variant.parse("b4+split") == Variant(4, True) and Variant.parse("b2").name == "b2"
     assert Variant.parse("b2+split+plain") == Variant(2, True, plain=True)

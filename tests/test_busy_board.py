@@ -6,12 +6,12 @@ import subprocess
 import sys
 import time
 
-from yolov5face.busy_board import BusyBoard, usable_cores
+from yolov5face.serving.busy_board import BusyBoard, usable_cores
 
 # A second worker process: holds its busy lock while stdin stays open after "hold".
 _HOLDER = """
 import sys
-from yolov5face.busy_board import BusyBoard
+from yolov5face.serving.busy_board import BusyBoard
 board = BusyBoard(sys.argv[1])
 print("ready", flush=True)
 for line in sys.stdin:
@@ -80,7 +80,7 @@ def test_a_killed_worker_is_not_busy_and_its_file_is_removed(tmp_path):
 def test_usable_cores_follows_the_affinity_mask():
     code = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-        "from yolov5face.busy_board import usable_cores; print(usable_cores())"
+        "from yolov5face.serving.busy_board import usable_cores; print(usable_cores())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"

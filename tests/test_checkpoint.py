@@ -8,9 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from model_configs import get_config
 
-from yolov5face.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
-from yolov5face.configs import get_config
+from yolov5face.model.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 
 
 def test_official_checkpoint_loads(weights):

@@ -28,7 +28,7 @@ def test_help_has_examples():
 
 
 def test_detect_maps_each_argument(images, golden_names, weights, tmp_path):
-    from yolov5face.compare import compare_faces
+    from yolov5face.tools.compare import compare_faces
 
     args = [str(images / n) for n in golden_names] + [
         str(images / "bad_image.jpg"),

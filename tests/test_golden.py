@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from yolov5face.compare import compare_faces
-from yolov5face.imagedecode import ImageError
+from yolov5face.pipeline.decode import ImageError
+from yolov5face.tools.compare import compare_faces
 
 BACKENDS = ["torch", "onnxruntime"]
 
@@ -64,9 +64,9 @@ def test_tiny_and_odd_images_get_answers(detector):
 
 
 def test_fast_decode_is_opt_in_and_maps_to_original_pixels(onnx_model, images):
-    from yolov5face.detector import Detector
-    from yolov5face.nms import box_iou
-    from yolov5face.postprocess import to_pixels
+    from yolov5face.pipeline.detector import Detector
+    from yolov5face.pipeline.heads import to_pixels
+    from yolov5face.pipeline.nms import box_iou
 
     fast = Detector(onnx_model, backend="onnxruntime", threads=1, fast_decode=True)
     exact = Detector(onnx_model, backend="onnxruntime", threads=1)

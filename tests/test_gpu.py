@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from yolov5face.compare import compare_faces
+from yolov5face.tools.compare import compare_faces
 
 torch = pytest.importorskip("torch")
 
@@ -28,8 +28,8 @@ def _golden(shared, name):
 
 @pytest.mark.parametrize("graphs", [False, True])
 def test_torch_cuda_fp16_parity(weights, images, shared, golden_names, graphs):
-    from yolov5face.backends.torch_backend import TorchBackend
-    from yolov5face.detector import Detector
+    from yolov5face.backends.torch import TorchBackend
+    from yolov5face.pipeline.detector import Detector
 
     detector = Detector(weights, backend="torch", device="cuda")
     detector.backend = TorchBackend(str(weights), device="cuda", cuda_graphs=graphs)
@@ -41,7 +41,7 @@ def test_torch_cuda_fp16_parity(weights, images, shared, golden_names, graphs):
 
 @needs_trt
 def test_tensorrt_onnx_engine_parity(weights, images, shared, golden_names, tmp_path, monkeypatch):
-    from yolov5face.detector import Detector
+    from yolov5face.pipeline.detector import Detector
 
     monkeypatch.setenv("YOLOV5FACE_ENGINE_CACHE", str(tmp_path))
     detector = Detector(weights, backend="tensorrt")
@@ -56,7 +56,7 @@ def test_tensorrt_onnx_engine_parity(weights, images, shared, golden_names, tmp_
 @needs_trt
 @needs_torch2trt
 def test_torch2trt_bucket_engines(weights, tmp_path):
-    from yolov5face.tensorrt_build import build_engine_torch2trt
+    from yolov5face.convert.tensorrt import build_engine_torch2trt
 
     out = tmp_path / "b4.engine"
     build_engine_torch2trt(weights, out, batch=4, module_out=tmp_path / "b4.pth")

@@ -8,7 +8,7 @@ import pytest
 CHILD = """
 import resource, sys
 import numpy as np
-from yolov5face.malloc_tuning import keep_freed_buffers
+from yolov5face.serving.malloc_tuning import keep_freed_buffers
 
 def one_batch():
     # What a worker holds during a batch of 4 (sizes in float64 items): four decoded

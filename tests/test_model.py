@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from model_configs import CONFIGS, get_config
 
-from yolov5face.configs import CONFIGS, get_config
-from yolov5face.model import YoloFace, interleave_channels
+from yolov5face.model.network import YoloFace, interleave_channels
 
 # Published parameter counts of the yolov5-face models.
 PARAMS = {

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from yolov5face.compare import compare_faces
-from yolov5face.nms import box_iou, nms
-from yolov5face.postprocess import Faces, anchor_table, decode_predictions, to_json_faces
+from yolov5face.pipeline.heads import Faces, anchor_table, decode_predictions, to_json_faces
+from yolov5face.pipeline.nms import box_iou, nms
+from yolov5face.tools.compare import compare_faces
 
 
 def _greedy(boxes, scores, thr):

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from yolov5face.imagedecode import ImageError, decode_image, image_size
-from yolov5face.letterbox import letterbox_batch, resized_shape
+from yolov5face.pipeline.decode import ImageError, decode_image, image_size
+from yolov5face.pipeline.letterbox import letterbox_batch, resized_shape
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ def test_jpeg_decoding_is_pixel_identical_to_opencv(images):
 
 def test_jpeg_fast_path_is_libjpeg_turbo(images, monkeypatch):
     """The upright full-size JPEG goes through simplejpeg (a real dependency, not optional)."""
-    from yolov5face import imagedecode
+    from yolov5face.pipeline import decode as imagedecode
 
     data = (images / "zidane.jpg").read_bytes()
     assert imagedecode._simplejpeg() is not None
@@ -203,7 +203,7 @@ def _with_exif_orientation(jpeg: bytes, orientation: int, big_endian: bool = Fal
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_exif_orientation_follows_opencv(images, orientation, big_endian):
     """OpenCV rotates by the EXIF orientation; such files bypass the fast decoder."""
-    from yolov5face.imagedecode import _read_header
+    from yolov5face.pipeline.decode import _read_header
 
     rng = np.random.default_rng(2)
     data = _with_exif_orientation(

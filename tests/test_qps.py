@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from yolov5face import qps
+from yolov5face.tools import qps
 
 FACE = {
     "xywh_ratio": [0.5, 0.5, 0.2, 0.3],

@@ -17,15 +17,15 @@ import pytest
 import requests
 from servers import Server, start_server
 
-from yolov5face.busy_board import usable_cores
-from yolov5face.client import AsyncClient, Client, GrpcClient, ServerError
+from yolov5face.serving.busy_board import usable_cores
+from yolov5face.tools.client import AsyncClient, Client, GrpcClient, ServerError
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory, weights) -> Path:
-    from yolov5face.archive import build_archive
+    from yolov5face.serving.archive import build_archive
 
     store = tmp_path_factory.mktemp("model-store")
     build_archive(weights, store)
@@ -53,7 +53,7 @@ def server(tmp_path_factory, weights, model_store):
 @pytest.fixture(scope="session")
 def served_detector(model_store, tmp_path_factory):
     """An in-process Detector on the very model the archive carries (same ONNX, one thread)."""
-    from yolov5face.detector import Detector
+    from yolov5face.pipeline.detector import Detector
 
     out = tmp_path_factory.mktemp("mar")
     with zipfile.ZipFile(model_store / "fd1.mar") as zf:
@@ -372,7 +372,7 @@ def test_docker_entrypoint_cpu_mode(tmp_path, weights, expected):
     env = {
         "YOLOV5FACE_MODEL_STORE": str(tmp_path / "store"),
         "YOLOV5FACE_ENGINE_CACHE": str(tmp_path / "engines"),
-        "YOLOV5FACE_CONFIG": str(ROOT / "config" / "config.properties"),
+        "YOLOV5FACE_CONFIG": str(ROOT / "yolov5face" / "serving" / "config" / "config.properties"),
         "YOLOV5FACE_REQUIRE_GPU": "0",
         "LOG_LOCATION": str(tmp_path / "logs"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from yolov5face.widerface import (
+from yolov5face.tools.widerface import (
     LEVELS,
     GroundTruth,
     box_overlaps,

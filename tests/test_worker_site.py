@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from yolov5face.server import WORKER_SITE, torchserve_env
+from yolov5face.serving.launcher import WORKER_SITE, torchserve_env
 
 pytest.importorskip("ts", reason="TorchServe (the serve extra) is not installed")
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from yolov5face.cli import main
+from yolov5face.tools.cli import main
 
 sys.exit(main())

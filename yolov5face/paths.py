@@ -6,7 +6,12 @@ import os
 from pathlib import Path
 
 DEFAULT_WEIGHTS_NAME = "yolov5n-0.5.pt"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this package runs from (None for an installed package)."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else None
 
 
 class WeightsNotFound(FileNotFoundError):
@@ -18,8 +23,9 @@ def shared_dir() -> Path | None:
     env = os.environ.get("YOLOV5FACE_DATA")
     if env:
         return Path(env)
-    candidate = REPO_ROOT.parent / "shared"
-    return candidate if candidate.is_dir() else None
+    root = checkout_root()
+    candidate = root.parent / "shared" if root is not None else None
+    return candidate if candidate is not None and candidate.is_dir() else None
 
 
 def default_weights() -> Path:
@@ -32,10 +38,10 @@ def default_weights() -> Path:
         if not path.is_file():
             raise WeightsNotFound(f"YOLOV5FACE_WEIGHTS points to {env}, which does not exist")
         return path
-    candidates = [
-        Path("weights") / DEFAULT_WEIGHTS_NAME,
-        REPO_ROOT / "weights" / DEFAULT_WEIGHTS_NAME,
-    ]
+    candidates = [Path("weights") / DEFAULT_WEIGHTS_NAME]
+    root = checkout_root()
+    if root is not None:
+        candidates.append(root / "weights" / DEFAULT_WEIGHTS_NAME)
     shared = shared_dir()
     if shared is not None:
         candidates.append(shared / "weights" / DEFAULT_WEIGHTS_NAME)

@@ -54,7 +54,7 @@ def create_backend(
     """Build the backend for `weights` (.pt/.safetensors checkpoint or exported .onnx).
 
     `band`: ONNX Runtime on the CPU runs the banded model when there is one (default: yes,
-    unless YOLOV5FACE_BAND=0; yolov5face/band.py).
+    unless YOLOV5FACE_BAND=0; yolov5face/backends/band.py).
     """
     resolved, reason = choose_backend(name)
     logger.info("backend %s (%s)", resolved, reason)
@@ -63,12 +63,12 @@ def create_backend(
     if resolved == "torch":
         if is_onnx:
             raise ValueError("the torch backend needs a checkpoint (.pt/.safetensors), not ONNX")
-        from yolov5face.backends.torch_backend import TorchBackend
+        from yolov5face.backends.torch import TorchBackend
 
         return TorchBackend(str(weights), img_size=img_size, device=device, threads=threads)
     if resolved == "onnxruntime":
         from yolov5face.backends.onnxruntime import OnnxRuntimeBackend
-        from yolov5face.export import cached_onnx
+        from yolov5face.convert.onnx import cached_onnx
 
         return OnnxRuntimeBackend(cached_onnx(weights, img_size), threads=threads, band=band)
     from yolov5face.backends.tensorrt import TensorRTBackend

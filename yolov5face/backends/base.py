@@ -43,8 +43,8 @@ class Backend(Protocol):
     info: ModelInfo
     # Largest batch per `infer` call that is still the fastest per image (None: any size).
     preferred_batch: int | None
-    # A backend running a banded model (yolov5face/band.py) also has `band`, a BandSpec, and
-    # takes `infer(crop, window)`: the window of each canvas that `band_window` gives.
+    # A backend running a banded model (yolov5face/backends/band.py) also has `band`, a
+    # BandSpec, and takes `infer(crop, window)`: the window of each canvas that `band_window` gives.
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch."""

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from yolov5face.backends.band import METADATA_KEY as BAND_KEY
+from yolov5face.backends.band import BandSpec, Window, band_path
 from yolov5face.backends.base import ModelInfo, warmup_batches
-from yolov5face.band import METADATA_KEY as BAND_KEY
-from yolov5face.band import BandSpec, Window, band_path
-from yolov5face.checkpoint import sha256_file
+from yolov5face.model.checkpoint import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ CPU_PREFERRED_BATCH = 4
 
 def read_model_info(session: Any) -> ModelInfo:
     """The ModelInfo stored in an exported model's metadata."""
-    from yolov5face.export import METADATA_KEY
+    from yolov5face.convert.onnx import METADATA_KEY
 
     meta = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in meta:

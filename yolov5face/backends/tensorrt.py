@@ -26,7 +26,7 @@ class _Engine:
         import pycuda.driver as cuda
         import tensorrt as trt
 
-        from yolov5face.export import INPUT_NAME, OUTPUT_NAME
+        from yolov5face.convert.onnx import INPUT_NAME, OUTPUT_NAME
 
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
@@ -110,9 +110,9 @@ class TensorRTBackend:
     ) -> TensorRTBackend:
         """Engine for an exported ONNX (or a checkpoint, exported first), through the cache."""
         from yolov5face.backends.onnxruntime import read_model_info
-        from yolov5face.engine_cache import EngineCache, default_cache_dir
-        from yolov5face.export import cached_onnx
-        from yolov5face.tensorrt_build import build_engine_onnx, engine_key
+        from yolov5face.convert.engine_cache import EngineCache, default_cache_dir
+        from yolov5face.convert.onnx import cached_onnx
+        from yolov5face.convert.tensorrt import build_engine_onnx, engine_key
 
         cache = EngineCache(default_cache_dir())
         onnx_path = cached_onnx(weights, img_size)

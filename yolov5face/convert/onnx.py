@@ -18,7 +18,7 @@ METADATA_KEY = "yolov5face"
 # Bumped whenever the exported graph changes for the same weights, so caches re-export.
 # 2: static shapes except the batch axis (no run-time shape arithmetic in the graph).
 # 3: the ShuffleNet channel shuffle as one stacked Concat (model.interleave_channels).
-# 4: the banded CPU model written beside it (yolov5face/band_export.py).
+# 4: the banded CPU model written beside it (yolov5face/convert/band.py).
 EXPORT_FORMAT = 4
 
 
@@ -38,8 +38,8 @@ def export_onnx(
     import onnx
     import torch
 
-    from yolov5face.backends.torch_backend import model_info
-    from yolov5face.checkpoint import load_model, sha256_file
+    from yolov5face.backends.torch import model_info
+    from yolov5face.model.checkpoint import load_model, sha256_file
 
     if img_size % 32:
         raise ValueError(f"img size must be a multiple of 32, got {img_size}")
@@ -86,7 +86,7 @@ def export_onnx(
         if os.path.exists(tmp):
             os.unlink(tmp)
     logger.info("exported %s -> %s (img size %d, opset %d)", weights, out, img_size, opset)
-    from yolov5face.band import band_path
+    from yolov5face.backends.band import band_path
 
     band_path(out).unlink(missing_ok=True)  # made from the previous file, if any
     if band:
@@ -101,7 +101,7 @@ def _export_band(plain: Path) -> None:
     except ImportError:
         logger.info("onnxruntime is not installed: no banded model for %s", plain)
         return
-    from yolov5face.band_export import export_banded
+    from yolov5face.convert.band import export_banded
 
     try:
         export_banded(plain)
@@ -116,7 +116,7 @@ def cached_onnx(
 
     The cache defaults to <$YOLOV5FACE_CACHE>/onnx; torch is imported only to export.
     """
-    from yolov5face.checkpoint import sha256_file
+    from yolov5face.model.checkpoint import sha256_file
     from yolov5face.paths import cache_dir as default_cache
 
     weights = Path(weights)

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yolov5face.busy_board import BusyBoard, usable_cores
-from yolov5face.detector import STAGES, Detector
-from yolov5face.imagedecode import ImageError
-from yolov5face.malloc_tuning import keep_freed_buffers
+from yolov5face.pipeline.decode import ImageError
+from yolov5face.pipeline.detector import STAGES, Detector
+from yolov5face.serving.busy_board import BusyBoard, usable_cores
+from yolov5face.serving.malloc_tuning import keep_freed_buffers
 
 logger = logging.getLogger(__name__)
 

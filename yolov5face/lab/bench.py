@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from yolov5face.export import cached_onnx
-from yolov5face.paths import REPO_ROOT
+from yolov5face.convert.onnx import cached_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ MEMORY_FILES = ("zidane.jpg", "test.jpg", "bus.jpg", "mask.jpg", "head.jpg", "he
 PIPELINE_STAGES = ("decode", "preprocess", "infer", "postprocess", "json")
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32)
 REFERENCE_MODEL = "ref"
-REFERENCE_HANDLER = REPO_ROOT / "torchserve" / "reference_handler.py"
+REFERENCE_HANDLER = Path(__file__).resolve().parent / "reference_handler.py"
 
 TARGETS = {
     "model_ratio": 2.5,  # onnxruntime b8 t2 / torch b8 t2
@@ -399,8 +398,8 @@ def bench_postprocess(
     """Post-processing + JSON of one image: ours (numpy) vs the reference (torch loops), in ms."""
     import cv2
 
-    from yolov5face.letterbox import letterbox_batch
-    from yolov5face.postprocess import decode_predictions, to_json_faces
+    from yolov5face.pipeline.heads import decode_predictions, to_json_faces
+    from yolov5face.pipeline.letterbox import letterbox_batch
 
     image = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
     batch, geometry = letterbox_batch([image], detector.img_size)
@@ -481,8 +480,8 @@ def bench_pipeline(
     """JPEG bytes -> JSON images/s and stages: ours (Detector) vs the reference design."""
     import torch
 
-    from yolov5face.detector import Detector
-    from yolov5face.reference_pipeline import ReferencePipeline
+    from yolov5face.lab.reference_pipeline import ReferencePipeline
+    from yolov5face.pipeline.detector import Detector
 
     model = cached_onnx(weights, img_size) if backend == "onnxruntime" else weights
     rows, comparisons, post, band = [], [], {}, []
@@ -613,8 +612,8 @@ def memory_child(argv: Sequence[str]) -> int:
     """Child of `bench memory`: ONNX Runtime Detector, N images, RSS; torch must stay out."""
     import psutil
 
-    from yolov5face.detector import Detector
-    from yolov5face.malloc_tuning import keep_freed_buffers
+    from yolov5face.pipeline.detector import Detector
+    from yolov5face.serving.malloc_tuning import keep_freed_buffers
 
     cfg = json.loads(argv[0])
     proc = psutil.Process()
@@ -653,7 +652,8 @@ def memory_child(argv: Sequence[str]) -> int:
 def _child_command(function: str, *args: str) -> list[str]:
     """`python -c` running one of this module's child entry points."""
     code = (
-        f"import sys; from yolov5face.bench import {function}; sys.exit({function}(sys.argv[1:]))"
+        f"import sys; from yolov5face.lab.bench import {function}; "
+        f"sys.exit({function}(sys.argv[1:]))"
     )
     return [sys.executable, "-c", code, *args]
 
@@ -741,7 +741,7 @@ class RunningServer:
 
 def _ts_env(extra: dict[str, str]) -> tuple[dict[str, str], str, str]:
     """Environment with private loopback ports for every TorchServe listener."""
-    from yolov5face.server import private_listeners
+    from yolov5face.serving.launcher import private_listeners
 
     listeners, urls = private_listeners()
     env = {**os.environ, **listeners, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
@@ -819,7 +819,7 @@ def start_ours(
 
 def start_reference(workdir: Path, store: Path) -> RunningServer:
     """The same TorchServe (config, log config, environment) serving ref.mar."""
-    from yolov5face.server import CONFIG, torchserve_command, torchserve_env
+    from yolov5face.serving.launcher import CONFIG, torchserve_command, torchserve_env
 
     env, http, mgmt = _ts_env(torchserve_env(workdir))
     cmd = torchserve_command(store, CONFIG, f"{REFERENCE_MODEL}={REFERENCE_MODEL}.mar")
@@ -833,7 +833,7 @@ def start_reference(workdir: Path, store: Path) -> RunningServer:
 
 def wait_workers(server: RunningServer, model: str, workers: int, timeout: float) -> float:
     """Seconds from start until `workers` workers of `model` are READY; raises on exit/timeout."""
-    from yolov5face.server import model_status
+    from yolov5face.serving.launcher import model_status
 
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -949,8 +949,8 @@ def bare_torch_memory(timeout: float = 120.0) -> dict:
 
 def ceiling_child(argv: Sequence[str]) -> int:
     """Child of the in-process ceiling: Detector.detect + json.dumps in a loop after 'go'."""
-    from yolov5face.detector import Detector
-    from yolov5face.malloc_tuning import keep_freed_buffers
+    from yolov5face.pipeline.detector import Detector
+    from yolov5face.serving.malloc_tuning import keep_freed_buffers
 
     onnx, image, seconds, threads = argv
     keep_freed_buffers()  # as the served handler does, so the two stay comparable
@@ -1029,7 +1029,7 @@ def _run_level(
     max_requests: int = 10**6,
 ) -> dict:
     """One concurrency level with the `qps` load tester (raw keep-alive HTTP client)."""
-    from yolov5face import qps
+    from yolov5face.tools import qps
 
     level = qps.run_http(
         url,
@@ -1178,7 +1178,7 @@ def bench_server(
     With `eager_torch_requests`, ours is then run once more with YOLOV5FACE_LAZY_TORCH=0 for
     that many requests, to show what TorchServe's own `import torch` costs a worker.
     """
-    from yolov5face import qps
+    from yolov5face.tools import qps
 
     result: dict[str, Any] = {
         "image": image.name,
@@ -1189,7 +1189,7 @@ def bench_server(
         "requests_target": requests,
         "rounds": rounds,
     }
-    from yolov5face.archive import model_config
+    from yolov5face.serving.archive import model_config
 
     config = model_config()  # batching as `yolov5face archive` will bake it in
     result["batch_size"], result["max_batch_delay_ms"] = (
@@ -1850,10 +1850,10 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             "## 2. Pipeline: JPEG bytes -> JSON",
             "",
             f"Ours: `Detector.detect` ({p['backend']}, the exported ONNX, banded on the CPU: "
-            "yolov5face/band.py) on a list of B copies "
+            "yolov5face/backends/band.py) on a list of B copies "
             "of the image, then `json.dumps` per image; the stage split comes from the "
             "Detector's `timings` dict (post-processing includes building the face dicts). "
-            "Baseline: `yolov5face/reference_pipeline.py`, the reference handler's design "
+            "Baseline: `yolov5face/lab/reference_pipeline.py`, the reference handler's design "
             "written from its description: per image `cv2.imdecode`, letterbox, torch fp32 "
             "eager with un-fused BatchNorm, sigmoid and grid arithmetic in torch over all "
             "anchors, threshold, greedy torch NMS loop, per-face Python loops for the JSON. "
@@ -1891,8 +1891,9 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             "",
             f"Ours: `yolov5face serve` (TorchServe, {ours['workers']} CPU workers, ONNX Runtime "
             f"1 thread each, batch size {srv.get('batch_size', 8)} / max batch delay "
-            f"{srv.get('max_batch_delay_ms', 5)} ms from config/model-config.yaml). Reference "
-            "design: `torchserve/reference_handler.py` (torch eager, per image, via "
+            f"{srv.get('max_batch_delay_ms', 5)} ms from "
+            "yolov5face/serving/config/model-config.yaml). Reference "
+            "design: `yolov5face/lab/reference_handler.py` (torch eager, per image, via "
             "reference_pipeline) "
             f"in its own archive with {srv['reference']['workers'] if 'reference' in srv else 4} "
             "workers, batch 1, served by the same TorchServe (same config.properties and log "
@@ -1909,7 +1910,7 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
                 if srv.get("rounds", 1) > 1
                 else ""
             )
-            + ". Load: `yolov5face.qps` (raw keep-alive "
+            + ". Load: `yolov5face.tools.qps` (raw keep-alive "
             "HTTP client, one connection per concurrent request, POST of the JPEG) on "
             f"{srv['image']}: first {srv.get('server_warmup_s', 5):g} s uncounted at "
             f"concurrency 8 per server, then {srv['duration_s']:g} s per level after "
@@ -1957,7 +1958,8 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             "`yolov5face bench server --requests 10000`). TorchServe's worker imports torch "
             "itself (`ts/protocol/otf_message_handler.py`, only to test whether a response is a "
             "tensor); `yolov5face serve` defers that import in its workers "
-            "(`yolov5face/worker_site/sitecustomize.py`), so torch is only loaded if something "
+            "(`yolov5face/serving/worker_site/sitecustomize.py`), so torch is only loaded if "
+            "something "
             "uses it. 'torch loaded' says whether libtorch is mapped into the process. "
             + (
                 f"'ours, torch not deferred' is the same server started afterwards with "
@@ -1979,7 +1981,7 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
         "",
     ]
     if "decode" in results:
-        from yolov5face.decode_study import to_markdown as decode_markdown
+        from yolov5face.lab.decode_study import to_markdown as decode_markdown
 
         parts += [
             "## 5. JPEG decode study",
@@ -1990,7 +1992,7 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             "*ours* is `imagedecode.decode_image`: libjpeg-turbo through simplejpeg for upright "
             "JPEGs, pixel-identical to *opencv* (`cv2.imdecode`). *-scaled* decodes JPEGs at "
             "1/2, 1/4 or 1/8 (DCT scaling) while the long side stays >= 320. "
-            "(`python -m yolov5face.decode_study`)",
+            "(`python -m yolov5face.lab.decode_study`)",
             "",
             decode_markdown(results["decode"]),
             "",
@@ -2002,7 +2004,7 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
             "",
         ]
     if "loadtool" in results:
-        from yolov5face.bench_loadtool import to_markdown as loadtool_markdown
+        from yolov5face.lab.loadtool import to_markdown as loadtool_markdown
 
         parts += ["## 6. QPS tool vs wrk", "", loadtool_markdown(results["loadtool"]), ""]
     parts += [
@@ -2063,9 +2065,9 @@ def run_report(
             rounds=settings.server_rounds,
         )
     if "decode" in sections:
-        from yolov5face.decode_study import run_study
-        from yolov5face.detector import Detector
+        from yolov5face.lab.decode_study import run_study
         from yolov5face.paths import shared_dir
+        from yolov5face.pipeline.detector import Detector
 
         logger.warning("bench report: JPEG decode study")
         detector = Detector(cached_onnx(weights, 320), backend="onnxruntime", threads=1)
@@ -2073,7 +2075,7 @@ def run_report(
             detector, shared_dir(), seconds=settings.pipeline_seconds / 4, widerface=not quick
         )
     if "loadtool" in sections:
-        from yolov5face.bench_loadtool import compare_with_wrk
+        from yolov5face.lab.loadtool import compare_with_wrk
 
         logger.warning("bench report: qps tool vs wrk")
         results["loadtool"] = compare_with_wrk(
@@ -2300,7 +2302,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     q.set_defaults(func=_cmd_server)
 
-    from yolov5face.bench_batching import add_parser as add_batching_parser
+    from yolov5face.lab.bench_batching import add_parser as add_batching_parser
 
     add_batching_parser(sub, common, fmt)
 

@@ -2,7 +2,7 @@
 
 On a letterboxed canvas the rows (or columns) of padding give the early feature maps rows that
 are the same for every image: those of an all-padding canvas. A banded model
-(`yolov5face/band_export.py`) takes only the window of the canvas that can change its first
+(`yolov5face/convert/band.py`) takes only the window of the canvas that can change its first
 feature map (the content plus that map's receptive field), runs the early layers on it, and
 fills the rest of the map from the all-padding canvas's map stored in the model. The outputs are
 those of the full canvas; 16:9 photos skip ~40% of the rows of the early layers.

@@ -1,4 +1,4 @@
-"""Build the banded CPU model (yolov5face/band.py) from an exported ONNX; export time only.
+"""Build the banded CPU model (yolov5face/backends/band.py) from an exported ONNX; export time only.
 
 The cut is the first tensor at the requested stride that every later layer reaches only through
 it. Every layer before it must map canvas positions to feature positions in a way this module
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from yolov5face.band import METADATA_KEY, WINDOW_INPUTS, BandSpec, band_path, band_window
+from yolov5face.backends.band import METADATA_KEY, WINDOW_INPUTS, BandSpec, band_path, band_window
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _pad_map(model: Any, cut: str, size: int) -> np.ndarray:
     import onnx.utils
     import onnxruntime as ort
 
-    from yolov5face.letterbox import PAD_VALUE
+    from yolov5face.pipeline.letterbox import PAD_VALUE
 
     inferred = onnx.shape_inference.infer_shapes(model)
     head = onnx.utils.Extractor(inferred).extract_model([model.graph.input[0].name], [cut])
@@ -266,7 +266,7 @@ def _probe_images(seed: int = 0) -> list[list[np.ndarray]]:
 
 def check_banded(plain: Any, banded: Any, spec: BandSpec) -> float:
     """Largest raw-output difference between the two sessions over the probe batches."""
-    from yolov5face.letterbox import letterbox_batch, letterbox_geometry
+    from yolov5face.pipeline.letterbox import letterbox_batch, letterbox_geometry
 
     worst = 0.0
     for images in _probe_images():
@@ -288,7 +288,7 @@ def export_banded(
     import onnx
     import onnxruntime as ort
 
-    from yolov5face.checkpoint import sha256_file
+    from yolov5face.model.checkpoint import sha256_file
 
     plain, out = Path(plain), Path(out) if out is not None else band_path(plain)
     model = onnx.load(plain)

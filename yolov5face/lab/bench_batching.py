@@ -17,7 +17,7 @@ _VARIANT = re.compile(r"^b(\d+)(\+split)?(\+plain)?$")
 @dataclass(frozen=True)
 class Variant:
     """One server configuration: TorchServe batch size, whether batches are split, and whether
-    the plain model runs instead of the banded one (yolov5face/band.py)."""
+    the plain model runs instead of the banded one (yolov5face/backends/band.py)."""
 
     batch: int
     split: bool
@@ -62,7 +62,7 @@ def bench_batching(
     ready_timeout: float = 300.0,
 ) -> dict:
     """One `yolov5face serve` per variant, all running; levels interleaved across them."""
-    from yolov5face import bench
+    from yolov5face.lab import bench
 
     blob = image.read_bytes()
     images = [(image.name, blob)]
@@ -138,7 +138,7 @@ Needs Java (TorchServe); every server is stopped at the end, also on errors."""
 
 def add_parser(sub: argparse._SubParsersAction, common: Any, fmt: type) -> None:
     """`yolov5face bench batching`."""
-    from yolov5face.bench import _csv, _csv_ints
+    from yolov5face.lab.bench import _csv, _csv_ints
 
     q = sub.add_parser(
         "batching",
@@ -174,7 +174,7 @@ def add_parser(sub: argparse._SubParsersAction, common: Any, fmt: type) -> None:
 
 
 def _cmd_batching(args: argparse.Namespace) -> int:
-    from yolov5face.bench import _emit, _weights, resolve_image, text_table
+    from yolov5face.lab.bench import _emit, _weights, resolve_image, text_table
 
     result = bench_batching(
         _weights(args),

@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from yolov5face.engine_cache import EngineCache, EngineKey
+from yolov5face.convert.engine_cache import EngineCache, EngineKey
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def build_engine_onnx(
     """Parse the ONNX model and build one engine with a batch profile 1..max_batch."""
     import tensorrt as trt
 
-    from yolov5face.export import INPUT_NAME
+    from yolov5face.convert.onnx import INPUT_NAME
 
     log = _trt_logger()
     builder = trt.Builder(log)
@@ -121,7 +121,7 @@ def build_engine_torch2trt(
     import torch
     from torch2trt import TRTModule, torch2trt
 
-    from yolov5face.checkpoint import load_model
+    from yolov5face.model.checkpoint import load_model
 
     model = load_model(weights).cuda().eval()
     x = torch.rand(batch, 3, img_size, img_size, device="cuda")
@@ -152,8 +152,8 @@ def bucket_for(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
 
 def build_engine_cli(args: argparse.Namespace, weights: str | os.PathLike) -> dict:
     """`yolov5face export engine`: build into the cache directory `--out`; returns the paths."""
-    from yolov5face.checkpoint import sha256_file
-    from yolov5face.export import cached_onnx
+    from yolov5face.convert.onnx import cached_onnx
+    from yolov5face.model.checkpoint import sha256_file
 
     cache = EngineCache(args.out)
     sha = sha256_file(weights)

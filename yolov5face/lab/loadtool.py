@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from yolov5face.server import free_ports
+from yolov5face.serving.launcher import free_ports
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from yolov5face.nms import nms
+from yolov5face.pipeline.nms import nms
 
 
 @dataclass

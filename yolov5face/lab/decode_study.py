@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yolov5face.imagedecode import decode_image, image_size, reduction_factor
+from yolov5face.pipeline.decode import decode_image, image_size, reduction_factor
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ def run_study(detector, shared: Path, seconds: float = 1.0, widerface: bool = Tr
     every full-size decode page-faults its output buffer in again, which would dominate the
     timings); `bench report` runs this section after its in-process pipeline comparison.
     """
-    from yolov5face.compare import compare_faces
-    from yolov5face.malloc_tuning import keep_freed_buffers
-    from yolov5face.widerface import evaluate, load_ground_truth
+    from yolov5face.serving.malloc_tuning import keep_freed_buffers
+    from yolov5face.tools.compare import compare_faces
+    from yolov5face.tools.widerface import evaluate, load_ground_truth
 
     keep_freed_buffers()
 
@@ -87,7 +87,7 @@ def run_study(detector, shared: Path, seconds: float = 1.0, widerface: bool = Tr
             ok += not compare_faces(json.loads(path.read_text()), det.to_json())
         result["golden_ok"][method] = f"{ok}/{len(goldens)}"
     if widerface:
-        from yolov5face.evaluate import pixel_detections
+        from yolov5face.tools.evaluate import pixel_detections
 
         truth = load_ground_truth(shared / "widerface" / "gt.json")
         conf = detector.conf
@@ -132,8 +132,8 @@ def to_markdown(result: dict) -> str:
 if __name__ == "__main__":
     import sys
 
-    from yolov5face.detector import Detector
     from yolov5face.paths import shared_dir
+    from yolov5face.pipeline.detector import Detector
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     study = run_study(Detector(backend="onnxruntime", threads=1), shared_dir())

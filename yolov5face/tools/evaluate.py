@@ -28,7 +28,7 @@ def pixel_detections(
 
     `detect` returns one Detection (or the ImageError it raised) per blob.
     """
-    from yolov5face.postprocess import to_pixels
+    from yolov5face.pipeline.heads import to_pixels
 
     detections: dict[str, np.ndarray] = {}
     chunks = [keys[i : i + batch] for i in range(0, len(keys), batch)]
@@ -43,7 +43,7 @@ def pixel_detections(
 
 def run_widerface(detector, images: Path, gt_path: Path, batch: int = 8) -> dict[str, float]:
     """Detect on every ground-truth image and return easy/medium/hard AP (fractions)."""
-    from yolov5face.widerface import evaluate, load_ground_truth
+    from yolov5face.tools.widerface import evaluate, load_ground_truth
 
     truth = load_ground_truth(gt_path)
     keys = sorted(truth)

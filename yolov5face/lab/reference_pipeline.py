@@ -55,7 +55,7 @@ class ReferencePipeline:
     ):
         import torch
 
-        from yolov5face.checkpoint import load_model
+        from yolov5face.model.checkpoint import load_model
         from yolov5face.paths import default_weights
 
         self._torch = torch

@@ -1,7 +1,7 @@
 """Reference-design TorchServe handler (the `bench server` baseline): torch eager, per image.
 
 Packed by `yolov5face bench server` into its own archive with the checkpoint as serialized file
-and 4 workers, batch 1. Not the production handler: see torchserve/handler.py for that.
+and 4 workers, batch 1. Not the production handler: see yolov5face/serving/handler.py for that.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from yolov5face.reference_pipeline import ReferencePipeline
+from yolov5face.lab.reference_pipeline import ReferencePipeline
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ class TorchBackend:
     ):
         import torch
 
-        from yolov5face.checkpoint import load_model, sha256_file
+        from yolov5face.model.checkpoint import load_model, sha256_file
 
         self._torch = torch
         if threads:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from yolov5face.detector import Detection
-from yolov5face.postprocess import to_pixels
+from yolov5face.pipeline.detector import Detection
+from yolov5face.pipeline.heads import to_pixels
 
 _LANDMARK_COLOURS = ((255, 0, 0), (0, 255, 255), (255, 0, 255), (0, 255, 0), (0, 128, 255))
 

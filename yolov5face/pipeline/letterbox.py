@@ -39,7 +39,7 @@ def letterbox_batch(
     """BGR uint8 images -> (B, 3, S, S) float32 RGB in [0, 1] and their geometry rows.
 
     `crop` = (y0, y1, x0, x1) returns only that window of each canvas; it must hold every
-    image's content (a banded model's window, yolov5face/band.py).
+    image's content (a banded model's window, yolov5face/backends/band.py).
     """
     import cv2
 

@@ -465,7 +465,7 @@ async def run_grpc(
     """Run the levels over TorchServe's gRPC `Predictions` (bytes under input key `data`)."""
     import grpc
 
-    from yolov5face.client import grpc_modules
+    from yolov5face.tools.client import grpc_modules
 
     pb2, pb2_grpc = grpc_modules()
     parts = urlsplit(url if "//" in url else f"//{url}")
@@ -637,7 +637,7 @@ def main(
         log.error("qps: refusing non-loopback host in %s (pass --allow-remote to target it)", url)
         return 2
     if detect is None and (args.local or (args.verify and expected is None)):
-        from yolov5face.detector import Detector
+        from yolov5face.pipeline.detector import Detector
 
         detect = Detector(weights=None, backend="auto").detect
     verifier = None
@@ -646,7 +646,7 @@ def main(
             assert detect is not None
             expected = compute_expected(detect, images)
         if match is None:
-            from yolov5face.compare import faces_match as match
+            from yolov5face.tools.compare import faces_match as match
         verifier = Verifier(expected, match)
     kw: dict[str, Any] = {
         "duration": args.duration,
@@ -796,7 +796,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
-        prog="python -m yolov5face.qps",
+        prog="python -m yolov5face.tools.qps",
         description=__doc__,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

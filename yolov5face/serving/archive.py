@@ -12,13 +12,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from yolov5face.paths import REPO_ROOT
-
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "fd1"
-HANDLER = REPO_ROOT / "torchserve" / "handler.py"
-MODEL_CONFIG = REPO_ROOT / "config" / "model-config.yaml"
+SERVING = Path(__file__).resolve().parent
+PACKAGE = SERVING.parent
+HANDLER = SERVING / "handler.py"
+MODEL_CONFIG = SERVING / "config" / "model-config.yaml"
+# What shapes the served model or the handler: every module of these parts of the package.
+_SERVED_PARTS = ("pipeline", "model", "backends", "convert", "serving")
 _ENV_OVERRIDES = {
     "YOLOV5FACE_WORKERS": ("minWorkers", "maxWorkers"),
     "YOLOV5FACE_BATCH_SIZE": ("batchSize",),
@@ -38,21 +40,22 @@ def model_config(base: Path = MODEL_CONFIG) -> dict:
     return config
 
 
-def _inputs_digest(weights_sha: str, img_size: int, config: dict) -> str:
-    from yolov5face import __version__
+def served_sources() -> list[Path]:
+    """The installed files the archive depends on: served modules and the serving config."""
+    files = [PACKAGE / name for name in ("__init__.py", "paths.py", "settings.py")]
+    for part in _SERVED_PARTS:
+        files += (PACKAGE / part).rglob("*.py")
+    files += (SERVING / "config").glob("*")
+    return sorted(f for f in files if f.is_file())
 
+
+def _inputs_digest(weights_sha: str, img_size: int, config: dict) -> str:
     digest = hashlib.sha256()
-    for part in (
-        weights_sha,
-        str(img_size),
-        json.dumps(config, sort_keys=True),
-        __version__,
-        HANDLER.read_text(),
-    ):
-        digest.update(part.encode())
-    for source in sorted((REPO_ROOT / "yolov5face").glob("*.py")):
-        if source.name in {"model.py", "export.py", "checkpoint.py", "band.py", "band_export.py"}:
-            digest.update(source.read_bytes())
+    for part in (weights_sha, str(img_size), json.dumps(config, sort_keys=True)):
+        digest.update(part.encode() + b"\0")
+    for source in served_sources():
+        digest.update(source.relative_to(PACKAGE).as_posix().encode() + b"\0")
+        digest.update(source.read_bytes())
     return digest.hexdigest()
 
 
@@ -65,7 +68,7 @@ def build_archive(
     """Build (or reuse) `<model_store>/fd1.mar`; returns its path."""
     import yaml
 
-    from yolov5face.checkpoint import sha256_file
+    from yolov5face.model.checkpoint import sha256_file
 
     store = Path(model_store)
     store.mkdir(parents=True, exist_ok=True)
@@ -80,8 +83,8 @@ def build_archive(
         Path(sys.executable).parent / "torch-model-archiver"
     )
     with tempfile.TemporaryDirectory(prefix=".fd1-build-", dir=store) as tmp:
-        from yolov5face.band import band_path
-        from yolov5face.export import export_onnx
+        from yolov5face.backends.band import band_path
+        from yolov5face.convert.onnx import export_onnx
 
         onnx_path = Path(tmp) / f"{MODEL_NAME}.onnx"
         export_onnx(weights, onnx_path, img_size=img_size)

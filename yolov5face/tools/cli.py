@@ -59,7 +59,7 @@ def _add_model_args(p: argparse.ArgumentParser, conf: float) -> None:
 
 
 def _detector(args: argparse.Namespace):
-    from yolov5face.detector import Detector
+    from yolov5face.pipeline.detector import Detector
 
     return Detector(
         weights=args.weights,
@@ -73,7 +73,7 @@ def _detector(args: argparse.Namespace):
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from yolov5face.imagedecode import ImageError
+    from yolov5face.pipeline.decode import ImageError
 
     blobs: list[bytes | ImageError] = []
     for name in args.images:
@@ -83,7 +83,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             blobs.append(ImageError(f"cannot read file: {exc.strerror or exc}"))
     readable = [b for b in blobs if isinstance(b, bytes)]
     if args.url:
-        from yolov5face.client import Client
+        from yolov5face.tools.client import Client
 
         with Client(args.url) as client:
             answers = iter(client.detect_many(readable))
@@ -111,8 +111,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 def _draw(name: str, blob: bytes, detection, out_dir: Path) -> None:
     import cv2
 
-    from yolov5face.draw import draw_detection
-    from yolov5face.imagedecode import decode_image
+    from yolov5face.pipeline.decode import decode_image
+    from yolov5face.tools.draw import draw_detection
 
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / Path(name).name
@@ -121,7 +121,7 @@ def _draw(name: str, blob: bytes, detection, out_dir: Path) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from yolov5face.evaluate import run_widerface
+    from yolov5face.tools.evaluate import run_widerface
 
     scores = run_widerface(_detector(args), Path(args.images), Path(args.gt))
     print(json.dumps({k: round(v * 100, 2) for k, v in scores.items()}))
@@ -133,8 +133,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     weights = args.weights or default_weights()
     if args.format == "onnx":
-        from yolov5face.band import band_path
-        from yolov5face.export import export_onnx
+        from yolov5face.backends.band import band_path
+        from yolov5face.convert.onnx import export_onnx
 
         info = export_onnx(weights, args.out, img_size=args.img_size, opset=args.opset)
         print(
@@ -149,7 +149,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_OK
-    from yolov5face.tensorrt_build import build_engine_cli
+    from yolov5face.convert.tensorrt import build_engine_cli
 
     print(json.dumps(build_engine_cli(args, weights)))
     return EXIT_OK
@@ -162,7 +162,7 @@ def _weights_arg(args: argparse.Namespace) -> Path:
 
 
 def _cmd_archive(args: argparse.Namespace) -> int:
-    from yolov5face.archive import build_archive
+    from yolov5face.serving.archive import build_archive
 
     path = build_archive(_weights_arg(args), args.model_store, args.img_size, force=args.force)
     print(json.dumps({"archive": str(path)}))
@@ -170,7 +170,7 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from yolov5face.server import ServeError, serve
+    from yolov5face.serving.launcher import ServeError, serve
 
     try:
         return serve(
@@ -185,7 +185,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_ready(args: argparse.Namespace) -> int:
-    from yolov5face.server import is_ready, management_url
+    from yolov5face.serving.launcher import is_ready, management_url
 
     url = args.management_url or management_url()
     ready = is_ready(url, args.model)
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.set_defaults(func=_cmd_archive)
 
-    from yolov5face.server import CONFIG
+    from yolov5face.serving.launcher import CONFIG
 
     p = sub.add_parser(
         "serve",
@@ -316,14 +316,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd_ready)
 
-    for name in ("qps", "bench"):
-        try:
-            module = __import__(f"yolov5face.{name}", fromlist=["add_parser"])
-        except ImportError as exc:  # optional extras not installed
-            logger.debug("subcommand %s unavailable: %s", name, exc)
-            continue
-        module.add_parser(sub)
+    try:
+        from yolov5face.tools import qps
+
+        qps.add_parser(sub)
+    except ImportError as exc:  # the serve extra (aiohttp) is not installed
+        logger.debug("subcommand qps unavailable: %s", exc)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands other packages register (the lab's `bench`) under `yolov5face.commands`."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="yolov5face.commands"):
+        try:
+            entry.load()(sub)
+        except ImportError as exc:  # that command's optional extras are not installed
+            logger.debug("subcommand %s unavailable: %s", entry.name, exc)
 
 
 def _exit_on_sigterm(signum: int, _frame: Any) -> None:

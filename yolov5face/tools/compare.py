@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from yolov5face.nms import box_iou
+from yolov5face.pipeline.nms import box_iou
 
 BOX_TOL, CONF_TOL, LANDMARK_TOL = 0.002, 0.005, 0.005
 

@@ -269,7 +269,7 @@ def load_model(path: str | os.PathLike, fuse: bool = True):
     """Build a `YoloFace` in eval mode, float32, from a checkpoint file."""
     import torch
 
-    from yolov5face.model import YoloFace
+    from yolov5face.model.network import YoloFace
 
     ckpt = read_checkpoint(path)
     model = YoloFace(ckpt.config)
@@ -301,6 +301,12 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     }
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": json.dumps(model.config)}
     save_file(state, str(path), metadata=meta)
+
+
+# Digests of the official release checkpoints (weights/checksums.sha256 lists the same).
+OFFICIAL_SHA256 = {
+    "yolov5n-0.5.pt": "9f7cdbcf5cd63f454c47b18e7400a69630b96a01efb7559367e91b6e962ad3bd",
+}
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from yolov5face.band import band_window
-from yolov5face.imagedecode import DEFAULT_MAX_PIXELS, ImageError, decode_with_size
-from yolov5face.letterbox import letterbox_batch, letterbox_geometry
-from yolov5face.postprocess import Faces, decode_predictions, to_json_faces
+from yolov5face.backends.band import band_window
+from yolov5face.pipeline.decode import DEFAULT_MAX_PIXELS, ImageError, decode_with_size
+from yolov5face.pipeline.heads import Faces, decode_predictions, to_json_faces
+from yolov5face.pipeline.letterbox import letterbox_batch, letterbox_geometry
 
 logger = logging.getLogger(__name__)
 

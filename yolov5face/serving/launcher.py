@@ -17,14 +17,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from yolov5face.paths import REPO_ROOT
-
 logger = logging.getLogger(__name__)
 
-CONFIG = REPO_ROOT / "config" / "config.properties"
-LOG_CONFIG = REPO_ROOT / "config" / "log4j2.xml"
-CHECKSUMS = REPO_ROOT / "weights" / "checksums.sha256"
-WORKER_SITE = Path(__file__).resolve().parent / "worker_site"
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE / "config" / "config.properties"
+LOG_CONFIG = HERE / "config" / "log4j2.xml"
+WORKER_SITE = HERE / "worker_site"
 
 
 class ServeError(RuntimeError):
@@ -47,21 +45,16 @@ def check_java(min_version: int = 11) -> str:
 
 
 def verify_weights(path: Path) -> None:
-    """Refuse a weights file whose name is listed in checksums.sha256 with another digest."""
-    from yolov5face.checkpoint import sha256_file
+    """Refuse a weights file named like an official checkpoint but with another digest."""
+    from yolov5face.model.checkpoint import OFFICIAL_SHA256, sha256_file
 
     if not path.is_file():
         raise ServeError(
             f"weights not found: {path} (set YOLOV5FACE_WEIGHTS; see weights/README.md)"
         )
-    known = {}
-    if CHECKSUMS.is_file():
-        for line in CHECKSUMS.read_text().splitlines():
-            if line.strip():
-                digest, name = line.split()
-                known[name] = digest
-    if path.name in known and sha256_file(path) != known[path.name]:
-        raise ServeError(f"checksum mismatch for {path}: expected {known[path.name]}")
+    expected = OFFICIAL_SHA256.get(path.name)
+    if expected is not None and sha256_file(path) != expected:
+        raise ServeError(f"checksum mismatch for {path}: expected {expected}")
 
 
 def management_token(run_dir: Path = Path(".serve")) -> str | None:
@@ -231,7 +224,7 @@ def serve(
     ready_timeout: float = 300.0,
 ) -> int:
     """Build the archive if needed and run TorchServe until SIGINT/SIGTERM; returns exit code."""
-    from yolov5face.archive import build_archive
+    from yolov5face.serving.archive import build_archive
 
     check_java()
     verify_weights(weights)
