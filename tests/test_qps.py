@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from yolov5face.tools import qps
+from yolov5face.tools.qps.cli import add_parser, collect_images, is_loopback, normalize_url
+from yolov5face.tools.qps.load import LevelResult
 
 FACE = {
     "xywh_ratio": [0.5, 0.5, 0.2, 0.3],
@@ -124,7 +125,7 @@ def image_dir(tmp_path: Path) -> Path:
 
 def parse(cmdline: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="yolov5face")
-    qps.add_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["qps", *cmdline.split()])
 
 
@@ -175,12 +176,12 @@ def test_latency_percentiles_and_default_path(server: Server, image_dir, capsys,
 
 
 def test_summary_percentiles_are_numpy_linear() -> None:
-    res = qps.LevelResult(4, elapsed=2.0, requests=100, ok=100)
+    res = LevelResult(4, elapsed=2.0, requests=100, ok=100)
     res.latencies = [i / 1e3 for i in range(1, 101)]  # 1..100 ms
     s = res.summary()
     assert s["qps"] == 50.0
     assert (s["p50_ms"], s["p90_ms"], s["p99_ms"], s["max_ms"]) == (50.5, 90.1, 99.01, 100.0)
-    empty = qps.LevelResult(1, elapsed=1.0).summary()
+    empty = LevelResult(1, elapsed=1.0).summary()
     assert empty["p50_ms"] is None and empty["qps"] == 0.0
     json.dumps(empty)
 
@@ -272,15 +273,15 @@ def test_refuses_non_loopback_before_connecting(image_dir: Path, capsys, caplog)
     ],
 )
 def test_is_loopback(url: str, loopback: bool) -> None:
-    assert qps.is_loopback(url) is loopback
+    assert is_loopback(url) is loopback
 
 
 def test_normalize_url() -> None:
-    assert qps.normalize_url("127.0.0.1:8080") == "http://127.0.0.1:8080/predictions/fd1"
-    assert qps.normalize_url("http://localhost:1/") == "http://localhost:1/predictions/fd1"
-    assert qps.normalize_url("http://localhost:1/p?q=1") == "http://localhost:1/p?q=1"
+    assert normalize_url("127.0.0.1:8080") == "http://127.0.0.1:8080/predictions/fd1"
+    assert normalize_url("http://localhost:1/") == "http://localhost:1/predictions/fd1"
+    assert normalize_url("http://localhost:1/p?q=1") == "http://localhost:1/p?q=1"
     with pytest.raises(ValueError):
-        qps.normalize_url("ftp://localhost/x")
+        normalize_url("ftp://localhost/x")
 
 
 def test_bad_usage(image_dir: Path, tmp_path: Path) -> None:
@@ -296,7 +297,7 @@ def test_bad_usage(image_dir: Path, tmp_path: Path) -> None:
 
 
 def test_collect_images(image_dir: Path) -> None:
-    got = qps.collect_images([str(image_dir), str(image_dir / "notes.txt")])
+    got = collect_images([str(image_dir), str(image_dir / "notes.txt")])
     assert [Path(p).name for p, _ in got] == ["a.jpg", "b.png", "notes.txt"]
     assert got[0][1].startswith(b"\xff\xd8")
 

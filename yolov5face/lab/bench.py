@@ -1029,9 +1029,10 @@ def _run_level(
     max_requests: int = 10**6,
 ) -> dict:
     """One concurrency level with the `qps` load tester (raw keep-alive HTTP client)."""
-    from yolov5face.tools import qps
+    from yolov5face.tools.qps.load import run
+    from yolov5face.tools.qps.transports import run_http
 
-    level = qps.run_http(
+    level = run_http(
         url,
         images,
         [concurrency],
@@ -1041,7 +1042,7 @@ def _run_level(
         timeout=30.0,
         progress=True,
     )
-    return qps.run(level)[0].summary()
+    return run(level)[0].summary()
 
 
 def interleaved_rounds(
@@ -1178,7 +1179,7 @@ def bench_server(
     With `eager_torch_requests`, ours is then run once more with YOLOV5FACE_LAZY_TORCH=0 for
     that many requests, to show what TorchServe's own `import torch` costs a worker.
     """
-    from yolov5face.tools import qps
+    from yolov5face.tools.qps.cli import format_table
 
     result: dict[str, Any] = {
         "image": image.name,
@@ -1244,7 +1245,7 @@ def bench_server(
                 result[name]["levels"] = median_levels(by_round[name])
             for name, (server, _, _) in running.items():
                 summaries = result[name]["levels"]
-                sys.stderr.write(f"{name}:\n{qps.format_table(summaries)}\n")
+                sys.stderr.write(f"{name}:\n{format_table(summaries)}\n")
                 served = sum(lv["requests"] for lv in summaries)
                 soak = None
                 if requests > served:
