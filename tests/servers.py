@@ -1,57 +1,34 @@
-"""A real TorchServe for tests: `yolov5face serve` on free loopback ports, torn down cleanly."""
+"""A real TorchServe for tests: `yolov5face serve` on free loopback ports, torn down cleanly.
+
+Starting, waiting for READY workers and stopping are the launcher's (`ServerProcess`); this only
+picks the command and the environment, and stops the server as Docker or systemd would.
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
-from yolov5face.serving.launcher import private_listeners
+from yolov5face.serving.launcher import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    workdir: Path
-    http: str
-    management: str
-    metrics: str
-    grpc: str
-    log: Path
+class Server(ServerProcess):
+    """`yolov5face serve` under test."""
 
-    def workers(self) -> list[dict]:
-        resp = requests.get(f"{self.management}/models/fd1", timeout=5)
-        return resp.json()[0]["workers"] if resp.ok else []
+    @property
+    def workdir(self) -> Path:
+        """The directory it runs in (its `.serve` run dir is inside)."""
+        return self.run_dir
 
     def wait_ready(self, timeout: float = 240.0, workers: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log.read_text()[-4000:]}")
-            try:
-                if sum(w["status"] == "READY" for w in self.workers()) >= workers:
-                    return
-            except (requests.RequestException, ValueError, KeyError, IndexError):
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"fd1 not ready in {timeout} s:\n{self.log.read_text()[-4000:]}")
+        """Until `workers` workers of fd1 are READY; raises with the log's tail otherwise."""
+        self.wait_workers("fd1", workers, timeout)
 
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait()
+    def stop(self, grace: float = 60.0, group: bool = False) -> int:
+        """SIGTERM to the server alone (it must stop its TorchServe itself); its exit code."""
+        return super().stop(grace, group)
 
 
 def start_server(
@@ -63,34 +40,8 @@ def start_server(
     command: list[str] | None = None,
 ) -> Server:
     """Start `yolov5face serve` (or `command`) in its own session on private ports/sockets."""
-    listeners, urls = private_listeners()
-    env = {
-        **os.environ,
-        "YOLOV5FACE_WEIGHTS": str(weights),
-        "YOLOV5FACE_WORKERS": str(workers),
-        **listeners,
-        **(extra_env or {}),
-    }
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "serve.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            command
-            or [
-                sys.executable,
-                "-m",
-                "yolov5face",
-                "-v",
-                "serve",
-                "--model-store",
-                str(model_store),
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Server(
-        proc, workdir, urls["http"], urls["management"], urls["metrics"], urls["grpc"], log
+    env = {"YOLOV5FACE_WEIGHTS": str(weights), "YOLOV5FACE_WORKERS": str(workers)}
+    serve = [sys.executable, "-m", "yolov5face", "-v", "serve", "--model-store", str(model_store)]
+    return Server.start(
+        command or serve, workdir, {**env, **(extra_env or {})}, log=workdir / "serve.log"
     )

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,13 +21,16 @@ import urllib.request
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from yolov5face.convert.onnx import cached_onnx
+
+if TYPE_CHECKING:
+    from yolov5face.serving.launcher import ServerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -711,41 +713,8 @@ def memory_tables(result: dict, md: bool = False) -> list[str]:
 # --------------------------------------------------------------------------- 4. server
 
 
-@dataclass
-class RunningServer:
-    """A TorchServe started by the bench, with the addresses and the pids it spawned."""
-
-    name: str
-    proc: subprocess.Popen
-    http: str
-    management: str
-    log: Path
-    children: dict[int, Any] = field(default_factory=dict)  # pid -> psutil.Process
-    started: float = field(default_factory=time.monotonic)
-
-    def remember_children(self) -> None:
-        """Record every descendant (so a stop can end exactly these, never a reused pid)."""
-        import psutil
-
-        with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(self.proc.pid).children(recursive=True):
-                self.children.setdefault(child.pid, child)
-
-    def tail(self, chars: int = 3000) -> str:
-        """The end of the server log."""
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-def _ts_env(extra: dict[str, str]) -> tuple[dict[str, str], str, str]:
-    """Environment with private loopback ports for every TorchServe listener."""
-    from yolov5face.serving.launcher import private_listeners
-
-    listeners, urls = private_listeners()
-    env = {**os.environ, **listeners, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
-    return env, urls["http"], urls["management"]
+# Over os.environ for every server the lab starts (private listeners come from the launcher).
+_SERVER_ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _ours_env(weights: Path, workers: int) -> dict[str, str]:
@@ -800,75 +769,30 @@ def build_reference_archive(
 
 def start_ours(
     workdir: Path, weights: Path, store: Path, workers: int, extra_env: dict | None = None
-) -> RunningServer:
+) -> ServerProcess:
     """`yolov5face serve` (the product) on private ports, in its own session."""
-    env, http, mgmt = _ts_env({**_ours_env(weights, workers), **(extra_env or {})})
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "serve.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "yolov5face", "serve", "--model-store", str(store)],
-            cwd=workdir,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return RunningServer("ours", proc, http, mgmt, log)
+    from yolov5face.serving.launcher import ServerProcess
+
+    env = {**_SERVER_ENV, **_ours_env(weights, workers), **(extra_env or {})}
+    cmd = [sys.executable, "-m", "yolov5face", "serve", "--model-store", str(store)]
+    return ServerProcess.start(cmd, workdir, env, log=workdir / "serve.log", name="ours")
 
 
-def start_reference(workdir: Path, store: Path) -> RunningServer:
+def start_reference(workdir: Path, store: Path) -> ServerProcess:
     """The same TorchServe (config, log config, environment) serving ref.mar."""
-    from yolov5face.serving.launcher import CONFIG, torchserve_command, torchserve_env
+    from yolov5face.serving.launcher import (
+        CONFIG,
+        ServerProcess,
+        torchserve_command,
+        torchserve_env,
+    )
 
-    env, http, mgmt = _ts_env(torchserve_env(workdir))
+    env = {**_SERVER_ENV, **torchserve_env(workdir)}
     cmd = torchserve_command(store, CONFIG, f"{REFERENCE_MODEL}={REFERENCE_MODEL}.mar")
-    log = workdir / "serve.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return RunningServer("reference", proc, http, mgmt, log)
+    return ServerProcess.start(cmd, workdir, env, log=workdir / "serve.log", name="reference")
 
 
-def wait_workers(server: RunningServer, model: str, workers: int, timeout: float) -> float:
-    """Seconds from start until `workers` workers of `model` are READY; raises on exit/timeout."""
-    from yolov5face.serving.launcher import model_status
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} server exited early:\n{server.tail()}")
-        ready = sum(w.get("status") == "READY" for w in model_status(server.management, model))
-        server.remember_children()
-        if ready >= workers:
-            return time.monotonic() - server.started
-        time.sleep(0.5)
-    raise TimeoutError(f"{server.name}: {model} not ready in {timeout:.0f} s:\n{server.tail()}")
-
-
-def stop_server(server: RunningServer, grace: float = 60.0) -> None:
-    """SIGTERM the launcher (and its process group), wait, then end any recorded straggler."""
-    import psutil
-
-    server.remember_children()
-    if server.proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.proc.pid, signal.SIGTERM)
-    try:
-        server.proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        logger.warning("%s server did not stop in %.0f s: killing it", server.name, grace)
-        server.proc.kill()
-        server.proc.wait()
-    _, alive = psutil.wait_procs(list(server.children.values()), timeout=grace)
-    for child in alive:  # psutil checks the process identity, so a reused pid is left alone
-        logger.warning("%s server: process %d still running: killing it", server.name, child.pid)
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-
-
-def server_processes(server: RunningServer) -> list[tuple[str, Any]]:
+def server_processes(server: ServerProcess) -> list[tuple[str, Any]]:
     """(role, psutil.Process) of a running server's tree: frontend, worker or launcher."""
     import psutil
 
@@ -909,7 +833,7 @@ def torch_loaded(proc: Any) -> bool | None:
         return None
 
 
-def process_memory(server: RunningServer) -> dict:
+def process_memory(server: ServerProcess) -> dict:
     """RSS (and USS) of the frontend JVM and of each worker of a running server, in MB."""
     import psutil
 
@@ -1046,7 +970,7 @@ def _run_level(
 
 
 def interleaved_rounds(
-    servers: dict[str, RunningServer],
+    servers: dict[str, ServerProcess],
     urls: dict[str, str],
     images: Sequence[tuple[str, bytes]],
     levels: Sequence[int],
@@ -1199,7 +1123,7 @@ def bench_server(
     )
     blob = image.read_bytes()
     images = [(image.name, blob)]
-    running: dict[str, tuple[RunningServer, str, int]] = {}
+    running: dict[str, tuple[ServerProcess, str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="yolov5face-bench-") as tmp:
         root = Path(tmp)
         result["bare_torch"] = bare_torch_memory()
@@ -1218,7 +1142,7 @@ def bench_server(
                 running["reference"] = (server, REFERENCE_MODEL, reference_workers)
             urls = {}
             for name, (server, model, n) in running.items():
-                startup = wait_workers(server, model, n, ready_timeout)
+                startup = server.wait_workers(model, n, ready_timeout)
                 urls[name] = f"{server.http}/predictions/{model}"
                 status, faces = _probe(urls[name], blob)
                 result[name] = {
@@ -1258,7 +1182,7 @@ def bench_server(
                 result[name]["memory"] = process_memory(server)
         finally:
             for server, _, _ in running.values():
-                stop_server(server)
+                server.stop()
         ceilings.append(inprocess_ceiling(onnx, image, workers, ceiling_seconds))
         if eager_torch_requests:
             result["ours_eager_torch"] = _eager_torch_memory(
@@ -1286,12 +1210,12 @@ def _eager_torch_memory(
     """Memory of ours with TorchServe's `import torch` left eager, after `requests` requests."""
     server = start_ours(workdir, weights, store, workers, {"YOLOV5FACE_LAZY_TORCH": "0"})
     try:
-        wait_workers(server, "fd1", workers, ready_timeout)
+        server.wait_workers("fd1", workers, ready_timeout)
         url = f"{server.http}/predictions/fd1"
         level = _run_level(url, [("image", blob)], concurrency, 300.0, 0.0, requests)
         return {"requests_served": level["requests"], "memory": process_memory(server)}
     finally:
-        stop_server(server)
+        server.stop()
 
 
 def _server_summary(result: dict) -> None:

@@ -9,7 +9,10 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from yolov5face.serving.launcher import ServerProcess
 
 _VARIANT = re.compile(r"^b(\d+)(\+split)?(\+plain)?$")
 
@@ -76,7 +79,7 @@ def bench_batching(
         "workers": workers,
         "server_warmup_s": server_warmup,
     }
-    running: dict[str, bench.RunningServer] = {}
+    running: dict[str, ServerProcess] = {}
     with tempfile.TemporaryDirectory(prefix="yolov5face-batching-") as tmp:
         root = Path(tmp)
         try:
@@ -89,14 +92,14 @@ def bench_batching(
                 )
             urls = {}
             for name, server in running.items():
-                bench.wait_workers(server, "fd1", workers, ready_timeout)
+                server.wait_workers("fd1", workers, ready_timeout)
                 urls[name] = f"{server.http}/predictions/fd1"
             by_round = bench.interleaved_rounds(
                 running, urls, images, levels, duration, warmup, rounds, server_warmup
             )
         finally:
             for server in running.values():
-                bench.stop_server(server)
+                server.stop()
     result["variants"] = {
         name: {"rounds": by_round[name], "levels": bench.median_levels(by_round[name])}
         for name in urls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -89,18 +93,6 @@ def is_ready(management_url: str, model: str = "fd1") -> bool:
     return any(w.get("status") == "READY" for w in model_status(management_url, model))
 
 
-def wait_ready(management_url: str, timeout: float, proc: subprocess.Popen | None = None) -> bool:
-    """Poll until ready, the process exits, or the timeout passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        if is_ready(management_url):
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def _property(config: Path, key: str, default: str) -> str:
     env = os.environ.get(f"TS_{key.upper()}")
     if env:
@@ -127,18 +119,153 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM the server's process group (frontend and every worker), SIGKILL stragglers."""
-    if _group_alive(proc.pid):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        proc.poll()  # reap the launcher so its pid does not linger as a zombie
-        time.sleep(0.1)
-    if _group_alive(proc.pid):
-        logger.warning("TorchServe did not stop in %.0f s: killing it", grace)
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+class ServerExited(RuntimeError):
+    """The server's process ended before its workers were ready."""
+
+
+@dataclass
+class ServerProcess:
+    """TorchServe, or a command that runs it (`yolov5face serve`), in a session of its own.
+
+    `start` launches it (every listener on a private loopback port unless told otherwise, the
+    output to a log file when given one); `wait_workers` polls the management API until enough
+    workers are READY; `stop` ends its process group and any descendant that left the group.
+    """
+
+    proc: subprocess.Popen
+    run_dir: Path
+    urls: dict[str, str]
+    log: Path | None = None
+    name: str = "TorchServe"
+    started: float = field(default_factory=time.monotonic)
+    descendants: dict[int, Any] = field(default_factory=dict)  # pid -> psutil.Process
+
+    @classmethod
+    def start(
+        cls,
+        cmd: Sequence[str],
+        run_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        private_ports: bool = True,
+        management: str | None = None,
+        log: Path | None = None,
+        name: str = "TorchServe",
+    ) -> ServerProcess:
+        """Run `cmd` in `run_dir` with `env` over os.environ (and over the private listeners)."""
+        listeners, urls = private_listeners() if private_ports else ({}, {})
+        if management is not None:
+            urls["management"] = management
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") if log is not None else contextlib.nullcontext() as out:
+            proc = subprocess.Popen(
+                list(cmd),
+                cwd=run_dir,
+                env={**os.environ, **listeners, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                start_new_session=True,
+            )
+        return cls(proc, run_dir, urls, log, name)
+
+    @property
+    def http(self) -> str:
+        """The inference address (private ports only)."""
+        return self.urls.get("http", "")
+
+    @property
+    def management(self) -> str:
+        """The management address."""
+        return self.urls.get("management", "")
+
+    @property
+    def metrics(self) -> str:
+        """The metrics address (private ports only)."""
+        return self.urls.get("metrics", "")
+
+    @property
+    def grpc(self) -> str:
+        """The gRPC inference host:port (private ports only)."""
+        return self.urls.get("grpc", "")
+
+    def tail(self, chars: int = 4000) -> str:
+        """The end of the log file ('' without one)."""
+        try:
+            return self.log.read_text(errors="replace")[-chars:] if self.log else ""
+        except OSError:
+            return ""
+
+    def workers(self, model: str = "fd1", timeout: float = 5.0) -> list[dict]:
+        """Workers of `model` as the management API lists them ([] when unreachable)."""
+        return model_status(self.management, model, timeout)
+
+    def remember_descendants(self) -> None:
+        """Record every process under the server, so that `stop` ends exactly these."""
+        try:
+            import psutil
+        except ImportError:  # the group is then all `stop` ends
+            return
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                self.descendants.setdefault(child.pid, child)
+
+    def wait_workers(self, model: str = "fd1", workers: int = 1, timeout: float = 300.0) -> float:
+        """Seconds from the start until `workers` workers of `model` are READY.
+
+        Raises ServerExited when the process ends first, TimeoutError after `timeout` s; both
+        messages end with the log's tail.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise ServerExited(
+                    f"{self.name} exited with code {self.proc.returncode} before {model} was "
+                    f"ready:\n{self.tail()}"
+                )
+            self.remember_descendants()
+            if sum(w.get("status") == "READY" for w in self.workers(model)) >= workers:
+                return time.monotonic() - self.started
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{self.name}: {model} not ready in {timeout:.0f} s:\n{self.tail()}"
+                )
+            time.sleep(0.5)
+
+    def terminate(self, group: bool = True) -> None:
+        """SIGTERM the whole process group, or only its leader (as Docker or systemd would)."""
+        if not group:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+        elif _group_alive(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def stop(self, grace: float = 60.0, group: bool = True) -> int:
+        """`terminate`, wait up to `grace` s for the group to end, SIGKILL what is left.
+
+        Recorded descendants that left the group are waited for and killed too (psutil checks
+        their identity, so a reused pid is left alone). Returns the leader's exit code.
+        """
+        self.remember_descendants()
+        self.terminate(group)
+        deadline = time.monotonic() + grace
+        while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+            self.proc.poll()  # reap the leader so its pid does not linger as a zombie
+            time.sleep(0.1)
+        if _group_alive(self.proc.pid):
+            logger.warning("%s did not stop in %.0f s: killing it", self.name, grace)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        code = self.proc.wait()
+        if self.descendants:
+            import psutil
+
+            _, alive = psutil.wait_procs(list(self.descendants.values()), timeout=grace)
+            for child in alive:
+                logger.warning("%s: process %d still running: killing it", self.name, child.pid)
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+        return code
 
 
 def free_ports(n: int) -> list[int]:
@@ -233,24 +360,27 @@ def serve(
     env = torchserve_env(run_dir)
     cmd = torchserve_command(model_store, config)
     logger.info("starting TorchServe: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, cwd=run_dir, env=env, start_new_session=True)
+    url = management_url(config)
+    server = ServerProcess.start(cmd, run_dir, env, private_ports=False, management=url)
     stopping = {"signal": None}
 
     def on_signal(signum, _frame):
         stopping["signal"] = signum
-        if _group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGTERM)
+        server.terminate()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        url = management_url(config)
-        if wait_ready(url, ready_timeout, proc):
+        try:
+            server.wait_workers("fd1", 1, ready_timeout)
             logger.warning("fd1 is ready (management API %s)", url)
-        elif stopping["signal"] is None and proc.poll() is None:
-            logger.error("fd1 not ready after %.0f s; still waiting", ready_timeout)
-        code = proc.wait()
+        except TimeoutError:
+            if stopping["signal"] is None:
+                logger.error("fd1 not ready after %.0f s; still waiting", ready_timeout)
+        except ServerExited:
+            pass  # its exit code is returned below
+        code = server.proc.wait()
     finally:
-        stop_group(proc)  # the launcher may exit before the frontend and workers are gone
+        server.stop(grace=20.0)  # the launcher may exit before the frontend and workers are gone
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         shutil.rmtree(run_dir / "tmp", ignore_errors=True)
