@@ -68,3 +68,19 @@ def test_a_shadowed_sitecustomize_still_runs(tmp_path):
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.split() == ["True", "_DeferredModule"], out.stderr
+
+
+@pytest.mark.parametrize("lazy,deferred", [("on", True), ("Yes", True), ("OFF", False)])
+def test_the_flag_takes_every_spelling(lazy, deferred):
+    code = "import sys; print(type(sys.modules.get('torch')).__name__)"
+    assert run_python(code, lazy) == ["_DeferredModule" if deferred else "NoneType"]
+
+
+def test_a_bad_value_leaves_torch_undeferred_and_warns():
+    env = {**os.environ, "PYTHONPATH": str(WORKER_SITE), "YOLOV5FACE_LAZY_TORCH": "maybe"}
+    code = "import sys; print(type(sys.modules.get('torch')).__name__)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.split() == ["NoneType"]
+    assert "YOLOV5FACE_LAZY_TORCH='maybe'" in proc.stderr and "not deferred" in proc.stderr

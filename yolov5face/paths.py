@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from yolov5face import settings
 
 DEFAULT_WEIGHTS_NAME = "yolov5n-0.5.pt"
 
@@ -20,9 +21,9 @@ class WeightsNotFound(FileNotFoundError):
 
 def shared_dir() -> Path | None:
     """`$YOLOV5FACE_DATA`, else `../shared` beside the repository when it exists."""
-    env = os.environ.get("YOLOV5FACE_DATA")
-    if env:
-        return Path(env)
+    env = settings.path("YOLOV5FACE_DATA")
+    if env is not None:
+        return env
     root = checkout_root()
     candidate = root.parent / "shared" if root is not None else None
     return candidate if candidate is not None and candidate.is_dir() else None
@@ -30,9 +31,9 @@ def shared_dir() -> Path | None:
 
 def default_weights() -> Path:
     """`$YOLOV5FACE_WEIGHTS`, else weights/yolov5n-0.5.pt, else the shared copy, else an error."""
-    env = os.environ.get("YOLOV5FACE_WEIGHTS")
-    if env:
-        path = Path(env)
+    env = settings.path("YOLOV5FACE_WEIGHTS")
+    if env is not None:
+        path = env
         if path.is_dir():
             path = path / DEFAULT_WEIGHTS_NAME
         if not path.is_file():
@@ -56,5 +57,6 @@ def default_weights() -> Path:
 
 def cache_dir() -> Path:
     """`$YOLOV5FACE_CACHE`, else ~/.cache/yolov5face."""
-    env = os.environ.get("YOLOV5FACE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "yolov5face"
+    cache = settings.path("YOLOV5FACE_CACHE")
+    assert cache is not None  # the table has a default
+    return cache

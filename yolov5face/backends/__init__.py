@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+from yolov5face import settings
 from yolov5face.backends.base import Backend, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def _cuda_available() -> bool:
 
 def choose_backend(requested: str | None = None) -> tuple[str, str]:
     """Resolve a backend name (flag, else $YOLOV5FACE_BACKEND, else auto) -> (name, reason)."""
-    name = requested or os.environ.get("YOLOV5FACE_BACKEND") or "auto"
+    name = requested or settings.text("YOLOV5FACE_BACKEND") or "auto"
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     if name != "auto":
@@ -54,7 +55,7 @@ def create_backend(
     """Build the backend for `weights` (.pt/.safetensors checkpoint or exported .onnx).
 
     `band`: ONNX Runtime on the CPU runs the banded model when there is one (default: yes,
-    unless YOLOV5FACE_BAND=0; yolov5face/backends/band.py).
+    unless YOLOV5FACE_BAND is off; yolov5face/backends/band.py).
     """
     resolved, reason = choose_backend(name)
     logger.info("backend %s (%s)", resolved, reason)

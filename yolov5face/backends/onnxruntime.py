@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from yolov5face import settings
 from yolov5face.backends.band import METADATA_KEY as BAND_KEY
 from yolov5face.backends.band import BandSpec, Window, band_path
 from yolov5face.backends.base import ModelInfo, warmup_batches
@@ -50,7 +51,7 @@ class OnnxRuntimeBackend:
         band: bool | None = None,
     ):
         """`band`: run the banded model beside `model_path` on the CPU when there is one
-        (default: yes, unless YOLOV5FACE_BAND=0)."""
+        (default: yes, unless YOLOV5FACE_BAND is off)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -63,7 +64,7 @@ class OnnxRuntimeBackend:
         if providers is None:
             providers = [p for p in _GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
         if band is None:
-            band = os.environ.get("YOLOV5FACE_BAND", "1").lower() not in ("0", "false", "no")
+            band = settings.flag("YOLOV5FACE_BAND")
         self.session = ort.InferenceSession(str(model_path), options, providers=providers)
         # The banded model runs windows; whole canvases (square images) skip its splice.
         self.band: BandSpec | None = None

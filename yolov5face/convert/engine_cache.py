@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from yolov5face import settings
+
 logger = logging.getLogger(__name__)
 
 
@@ -127,5 +129,4 @@ def default_cache_dir() -> Path:
     """`$YOLOV5FACE_ENGINE_CACHE`, else <cache>/engines."""
     from yolov5face.paths import cache_dir
 
-    env = os.environ.get("YOLOV5FACE_ENGINE_CACHE")
-    return Path(env) if env else cache_dir() / "engines"
+    return settings.path("YOLOV5FACE_ENGINE_CACHE") or cache_dir() / "engines"

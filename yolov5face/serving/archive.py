@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from yolov5face import settings
+
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "fd1"
@@ -33,10 +35,11 @@ def model_config(base: Path = MODEL_CONFIG) -> dict:
     import yaml
 
     config = yaml.safe_load(base.read_text())
-    for var, keys in _ENV_OVERRIDES.items():
-        if os.environ.get(var):
+    for name, keys in _ENV_OVERRIDES.items():
+        value = settings.integer(name)
+        if value is not None:
             for key in keys:
-                config[key] = int(os.environ[var])
+                config[key] = value
     return config
 
 

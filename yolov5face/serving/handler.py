@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from yolov5face import settings
 from yolov5face.pipeline.decode import ImageError
 from yolov5face.pipeline.detector import STAGES, Detector
 from yolov5face.serving.busy_board import BusyBoard, usable_cores
@@ -39,9 +39,11 @@ def request_bytes(row: Any) -> bytes:
     )
 
 
-def _flag(settings: dict, key: str, env: str, default: bool) -> bool:
+def _flag(config: dict, key: str, env: str) -> bool:
     """A yes/no handler setting: the environment variable wins over the model config."""
-    return os.environ.get(env, str(settings.get(key, default))).lower() in ("1", "true", "yes")
+    value = config.get(key)
+    default = None if value is None else settings.parse_flag(value, f"handler: {key}")
+    return settings.flag(env, default)
 
 
 class MetricSums:
@@ -101,7 +103,7 @@ class FaceDetectionHandler:
     def initialize(self, context: Any) -> None:
         """Build the Detector from the archived model and warm it up."""
         model_dir = Path(context.system_properties["model_dir"])
-        settings = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
+        config = (getattr(context, "model_yaml_config", None) or {}).get("handler", {})
         self.model_name = context.manifest.get("model", {}).get("modelName", "fd1")
         # The plain model; the ONNX Runtime backend finds the banded one beside it itself.
         onnx_files = sorted(
@@ -109,27 +111,29 @@ class FaceDetectionHandler:
         )
         if not onnx_files:
             raise RuntimeError(f"no .onnx model in the archive ({model_dir})")
-        threads = int(os.environ.get("YOLOV5FACE_THREADS", settings.get("threads", 1)))
-        if settings.get("reuse_freed_memory", True):
+        threads = settings.integer(
+            "YOLOV5FACE_THREADS", int(config["threads"]) if "threads" in config else None
+        )
+        if config.get("reuse_freed_memory", True):
             keep_freed_buffers()
         self.detector = Detector(
             weights=onnx_files[0],
-            backend=os.environ.get("YOLOV5FACE_BACKEND", settings.get("backend", "auto")),
+            backend=settings.text("YOLOV5FACE_BACKEND", config.get("backend")),
             threads=threads,
-            max_pixels=int(settings.get("max_pixels", 40_000_000)),
-            max_batch=int(settings.get("max_batch", 32)),
-            fast_decode=_flag(settings, "fast_decode", "YOLOV5FACE_FAST_DECODE", False),
+            max_pixels=int(config.get("max_pixels", 40_000_000)),
+            max_batch=int(config.get("max_batch", 32)),
+            fast_decode=_flag(config, "fast_decode", "YOLOV5FACE_FAST_DECODE"),
         )
         batch_size = int(context.system_properties.get("batch_size") or 1)
         self.cores = usable_cores()
-        split = _flag(settings, "split_batches", "YOLOV5FACE_SPLIT_BATCHES", True)
+        split = _flag(config, "split_batches", "YOLOV5FACE_SPLIT_BATCHES")
         if split and self.cores > 1 and self.detector.backend.preferred_batch:
             # CPU backends only; the workers of one model share the extracted archive's folder.
             self.board = BusyBoard(model_dir / ".busy")
         self.detector.warmup(
             tuple(sorted({1, batch_size})), threads=self.cores if self.board else 1
         )
-        self._init_metrics(context, float(settings.get("metrics_interval_s", 1.0)))
+        self._init_metrics(context, float(config.get("metrics_interval_s", 1.0)))
         for log_handler in logging.getLogger().handlers:
             log_handler.addFilter(_DropPerBatchLines())
         logger.info("fd1 ready: %s", json.dumps(self.detector.describe()))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yolov5face import settings
+
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
@@ -63,7 +65,7 @@ def verify_weights(path: Path) -> None:
 
 def management_token(run_dir: Path = Path(".serve")) -> str | None:
     """Management key when token authorization is on: env, else the server's key_file.json."""
-    token = os.environ.get("YOLOV5FACE_MANAGEMENT_TOKEN")
+    token = settings.text("YOLOV5FACE_MANAGEMENT_TOKEN")
     key_file = run_dir / "key_file.json"
     if token or not key_file.is_file():
         return token
@@ -317,7 +319,7 @@ def torchserve_env(run_dir: Path) -> dict[str, str]:
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         "PYTHONUNBUFFERED": "1",
         # Workers skip TorchServe's unused `import torch` (see worker_site/sitecustomize.py).
-        "YOLOV5FACE_LAZY_TORCH": os.environ.get("YOLOV5FACE_LAZY_TORCH", "1"),
+        "YOLOV5FACE_LAZY_TORCH": "1" if settings.flag("YOLOV5FACE_LAZY_TORCH") else "0",
         "PYTHONPATH": os.pathsep.join(
             p for p in (str(WORKER_SITE), os.environ.get("PYTHONPATH", "")) if p
         ),

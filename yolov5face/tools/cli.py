@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from yolov5face import settings
 from yolov5face.backends import BACKENDS
 
 logger = logging.getLogger("yolov5face")
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="engine cache directory")
     x.set_defaults(func=_cmd_export)
 
-    store_default = os.environ.get("YOLOV5FACE_MODEL_STORE", "model-store")
+    store_default = str(settings.path("YOLOV5FACE_MODEL_STORE"))
     p = sub.add_parser(
         "archive",
         help="build model-store/fd1.mar (only when inputs changed)",

@@ -7,7 +7,8 @@ ONNX Runtime or TensorRT, so that import is ~200 MB of RSS per worker that nothi
 Python runs this file at start-up and registers a stand-in for torch: `import torch` then costs
 nothing, and the first attribute read (a torch backend, a tensor response, `import torch.nn`)
 imports the real torch, which the stand-in forwards to from then on.
-Set YOLOV5FACE_LAZY_TORCH=0 to turn it off.
+YOLOV5FACE_LAZY_TORCH=0 (or off/false/no) turns it off; a value the flag rule does not accept
+leaves torch loaded as usual and says so on stderr: a worker must not die of a typo.
 """
 
 import importlib
@@ -60,6 +61,38 @@ def _chain_next_sitecustomize() -> None:
     spec.loader.exec_module(module)
 
 
-if os.environ.get("YOLOV5FACE_LAZY_TORCH") == "1":
-    defer("torch")
-_chain_next_sitecustomize()
+# A copy of yolov5face/settings.py's flag rule and of this flag's default: this file runs at
+# start-up of every TorchServe worker, before anything asked for the package, and must import
+# nothing from it (nor what it imports). tests/test_settings.py checks both agree on every value.
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+LAZY_TORCH_DEFAULT = True
+
+
+def lazy_torch(value: str | None) -> bool | None:
+    """YOLOV5FACE_LAZY_TORCH by the settings rule; None for a value the rule does not accept."""
+    word = (value or "").strip().lower()
+    if not word:
+        return LAZY_TORCH_DEFAULT
+    if word in TRUE:
+        return True
+    if word in FALSE:
+        return False
+    return None
+
+
+def _main() -> None:
+    raw = os.environ.get("YOLOV5FACE_LAZY_TORCH")
+    wanted = lazy_torch(raw)
+    if wanted is None:
+        sys.stderr.write(
+            f"yolov5face worker_site: YOLOV5FACE_LAZY_TORCH={raw!r} is not one of "
+            f"{'/'.join(TRUE)} or {'/'.join(FALSE)}; torch is not deferred\n"
+        )
+    elif wanted:
+        defer("torch")
+    _chain_next_sitecustomize()
+
+
+if __name__ == "sitecustomize":  # at start-up; a test loads this file under another name
+    _main()
