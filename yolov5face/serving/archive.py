@@ -6,9 +6,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -43,21 +41,25 @@ def model_config(base: Path = MODEL_CONFIG) -> dict:
     return config
 
 
-def served_sources() -> list[Path]:
-    """The installed files the archive depends on: served modules and the serving config."""
-    files = [PACKAGE / name for name in ("__init__.py", "paths.py", "settings.py")]
+def served_sources(package: Path = PACKAGE) -> list[Path]:
+    """The files of `package` (this installed one by default) the archive depends on.
+
+    Every module of the served parts (the handler, the request path, the model and its
+    export), the top-level modules they import, and the serving config.
+    """
+    files = [package / name for name in ("__init__.py", "paths.py", "settings.py")]
     for part in _SERVED_PARTS:
-        files += (PACKAGE / part).rglob("*.py")
-    files += (SERVING / "config").glob("*")
+        files += (package / part).rglob("*.py")
+    files += (package / "serving" / "config").glob("*")
     return sorted(f for f in files if f.is_file())
 
 
-def _inputs_digest(weights_sha: str, img_size: int, config: dict) -> str:
+def _inputs_digest(weights_sha: str, img_size: int, config: dict, package: Path = PACKAGE) -> str:
     digest = hashlib.sha256()
     for part in (weights_sha, str(img_size), json.dumps(config, sort_keys=True)):
         digest.update(part.encode() + b"\0")
-    for source in served_sources():
-        digest.update(source.relative_to(PACKAGE).as_posix().encode() + b"\0")
+    for source in served_sources(package):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0")
         digest.update(source.read_bytes())
     return digest.hexdigest()
 
@@ -82,9 +84,9 @@ def build_archive(
     if not force and target.is_file() and stamp.is_file() and stamp.read_text() == digest:
         logger.info("%s is up to date", target)
         return target
-    archiver = shutil.which("torch-model-archiver") or str(
-        Path(sys.executable).parent / "torch-model-archiver"
-    )
+    from yolov5face.serving.launcher import python_tool
+
+    archiver = python_tool("model_archiver.model_packaging", "torch-model-archiver")
     with tempfile.TemporaryDirectory(prefix=".fd1-build-", dir=store) as tmp:
         from yolov5face.backends.band import band_path
         from yolov5face.convert.onnx import export_onnx
@@ -97,7 +99,7 @@ def build_archive(
         out_dir = Path(tmp) / "out"
         out_dir.mkdir()
         cmd = [
-            archiver,
+            *archiver,
             "--model-name",
             MODEL_NAME,
             "--version",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -326,11 +327,22 @@ def torchserve_env(run_dir: Path) -> dict[str, str]:
     }
 
 
+def python_tool(module: str, script: str) -> list[str]:
+    """Run `module` with this interpreter when it can import it, else the `script` on PATH.
+
+    TorchServe starts its workers with the Python that runs it: running it with this one makes
+    the workers import the same yolov5face (and dependencies) that built and launch the archive,
+    whatever other environment's `torchserve` comes first on PATH.
+    """
+    if importlib.util.find_spec(module.split(".")[0]) is not None:
+        return [sys.executable, "-m", module]
+    return [shutil.which(script) or str(Path(sys.executable).parent / script)]
+
+
 def torchserve_command(model_store: Path, config: Path, models: str = "fd1=fd1.mar") -> list[str]:
     """`torchserve --start --foreground` with our config, log config and models."""
-    torchserve = shutil.which("torchserve") or str(Path(sys.executable).parent / "torchserve")
     return [
-        torchserve,
+        *python_tool("ts.model_server", "torchserve"),
         "--start",
         "--foreground",
         "--ncs",
