@@ -169,11 +169,14 @@ def test_cpu_detector_runs_big_batches_in_chunks_of_four(detector, images, golde
         assert compare_faces(detector.detect([blob])[0], answer) == []
 
 
-def test_split_batch_runs_on_two_threads_with_the_same_answers(detector, images, golden_names):
-    """detect(threads=2): parts on two threads, answers (a bad image included) in request order."""
+def test_split_batch_runs_on_two_threads_with_the_same_answers(
+    detector, images, golden_names, tmp_path
+):
+    """The serving splitter: parts on two threads, answers (a bad image too) in request order."""
     import threading
 
     from yolov5face.pipeline.decode import ImageError
+    from yolov5face.serving.split import BatchSplitter
 
     blobs = [(images / n).read_bytes() for n in golden_names] + [b"not an image"]
     blobs = blobs[:3] + blobs[-1:] + blobs[3:-1]
@@ -189,7 +192,9 @@ def test_split_batch_runs_on_two_threads_with_the_same_answers(detector, images,
     detector.backend.infer = recording
     split_timings: dict = {}
     try:
-        split = detector.detect(blobs, split_timings, threads=2)
+        split = BatchSplitter(detector, tmp_path / "board", cores=2).detect_parts(
+            blobs, 2, split_timings
+        )
     finally:
         del detector.backend.infer
     assert len(threads) == 2
@@ -200,3 +205,33 @@ def test_split_batch_runs_on_two_threads_with_the_same_answers(detector, images,
         == set(serial_timings)
         == {"decode", "preprocess", "infer", "postprocess"}
     )
+
+
+def test_split_bounds_cover_the_batch_in_order():
+    """Slices are consecutive, non-empty, near-equal and never more than the items."""
+    from yolov5face.serving.split import split_bounds
+
+    assert split_bounds(7, 2) == [(0, 4), (4, 7)]
+    assert split_bounds(2, 5) == [(0, 1), (1, 2)]
+    assert split_bounds(1, 1) == [(0, 1)]
+    for n in range(1, 20):
+        for parts in range(1, 6):
+            bounds = split_bounds(n, parts)
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a < b for a, b in bounds)
+            assert all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:]))
+            sizes = [b - a for a, b in bounds]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_backends_without_a_banded_model_take_whole_canvases(detectors):
+    """input_window is None without a banded model, and a crop window is refused."""
+    from yolov5face.backends.band import BandSpec, band_window
+
+    torch_backend = detectors["torch"].backend
+    geometry = np.array([[1280, 720, 320, 180, 0, 70]], np.float64)
+    assert torch_backend.input_window(geometry) is None
+    window = band_window(BandSpec(320, (8, 8), (-7, -7), (7, 7)), geometry)
+    assert not window.full
+    with pytest.raises(ValueError, match="whole canvases"):
+        torch_backend.infer(np.zeros((1, 3, 320, 320), np.float32), window)

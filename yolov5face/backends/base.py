@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from yolov5face.backends.band import Window
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -43,11 +45,19 @@ class Backend(Protocol):
     info: ModelInfo
     # Largest batch per `infer` call that is still the fastest per image (None: any size).
     preferred_batch: int | None
-    # A backend running a banded model (yolov5face/backends/band.py) also has `band`, a
-    # BandSpec, and takes `infer(crop, window)`: the window of each canvas that `band_window` gives.
+    # True when the network runs on the host's CPU cores (serving may split batches across them).
+    on_cpu: bool
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch."""
+    def input_window(self, geometry: np.ndarray) -> Window | None:
+        """The part of the canvas this batch needs (letterbox geometry rows), None for all of it.
+
+        Only a banded model (yolov5face/backends/band.py) answers a window; every other
+        backend takes whole canvases.
+        """
+        ...
+
+    def infer(self, batch: np.ndarray, window: Window | None = None) -> np.ndarray:
+        """Run one batch: whole canvases, or the crops `input_window` asked for."""
         ...
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
@@ -57,6 +67,12 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]:
         """Human-readable facts (provider, device, precision, threads) for logs and reports."""
         ...
+
+
+def whole_canvases(backend: Backend, window: Window | None) -> None:
+    """Refuse a window in a backend that has no banded model."""
+    if window is not None and not window.full:
+        raise ValueError(f"the {backend.name} backend takes whole canvases, not windows")
 
 
 def warmup_batches(backend: Backend, batch_sizes: tuple[int, ...]) -> None:

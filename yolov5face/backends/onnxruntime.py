@@ -10,7 +10,7 @@ import numpy as np
 
 from yolov5face import settings
 from yolov5face.backends.band import METADATA_KEY as BAND_KEY
-from yolov5face.backends.band import BandSpec, Window, band_path
+from yolov5face.backends.band import BandSpec, Window, band_path, band_window
 from yolov5face.backends.base import ModelInfo, warmup_batches
 from yolov5face.model.checkpoint import sha256_file
 
@@ -70,8 +70,8 @@ class OnnxRuntimeBackend:
         self.band: BandSpec | None = None
         self._banded: Any = None
         banded = band_path(model_path)
-        on_cpu = self.session.get_providers() == ["CPUExecutionProvider"]
-        if band and on_cpu and banded.exists():
+        self.on_cpu = self.session.get_providers() == ["CPUExecutionProvider"]
+        if band and self.on_cpu and banded.exists():
             self._banded = ort.InferenceSession(str(banded), options, providers=providers)
             self.band = _band_spec(self._banded)
             if self.band is None or self.band.source_sha256 != sha256_file(model_path):
@@ -83,7 +83,11 @@ class OnnxRuntimeBackend:
         self._output = self.session.get_outputs()[0].name
         # On the CPU, batches of 4 run fastest per image: the activations of 4 images at 320 px
         # stay in the caches, 8 spill (2 processes on 8-image batches: 1-4% fewer images/s).
-        self.preferred_batch: int | None = CPU_PREFERRED_BATCH if on_cpu else None
+        self.preferred_batch: int | None = CPU_PREFERRED_BATCH if self.on_cpu else None
+
+    def input_window(self, geometry: np.ndarray) -> Window | None:
+        """The banded model's window for these letterbox rows (None without a banded model)."""
+        return None if self.band is None else band_window(self.band, geometry)
 
     def infer(self, batch: np.ndarray, window: Window | None = None) -> np.ndarray:
         """Run one batch: whole canvases, or with a banded model the crop `window` describes."""

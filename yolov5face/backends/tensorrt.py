@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from yolov5face.backends.base import ModelInfo, warmup_batches
+from yolov5face.backends.band import Window
+from yolov5face.backends.base import ModelInfo, warmup_batches, whole_canvases
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
     preferred_batch: int | None = None  # one engine profile covers 1..max_batch
+    on_cpu = False
 
     def __init__(self, engines: dict[int, Path], info: ModelInfo):
         import pycuda.autoinit  # noqa: F401  (creates the CUDA context of this process)
@@ -127,8 +129,13 @@ class TensorRTBackend:
         )
         return cls({max_batch: path}, info)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def input_window(self, geometry: np.ndarray) -> Window | None:
+        """Whole canvases only."""
+        return None
+
+    def infer(self, batch: np.ndarray, window: Window | None = None) -> np.ndarray:
         """Run a batch on the smallest engine that holds it (chunks beyond the largest)."""
+        whole_canvases(self, window)
         outs = []
         for start in range(0, batch.shape[0], self.max_batch):
             chunk = batch[start : start + self.max_batch]

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from yolov5face.backends.base import ModelInfo, warmup_batches
+from yolov5face.backends.band import Window
+from yolov5face.backends.base import ModelInfo, warmup_batches, whole_canvases
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class TorchBackend:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.on_cpu = self.device.type == "cpu"
         self.half = self.device.type == "cuda" if half is None else half
         model = load_model(weights).to(self.device)
         self.model = model.half() if self.half else model
@@ -71,8 +73,13 @@ class TorchBackend:
             self._graphs[n] = (graph, static_in, static_out)
         return self._graphs[n]
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def input_window(self, geometry: np.ndarray) -> Window | None:
+        """Whole canvases only."""
+        return None
+
+    def infer(self, batch: np.ndarray, window: Window | None = None) -> np.ndarray:
         """Run one batch and return float32 numpy predictions."""
+        whole_canvases(self, window)
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
         if self.half:

@@ -1,1 +1,1 @@
-"""model."""
+"""The yolov5-face network (`network.py`) and safe checkpoint loading (`checkpoint.py`)."""

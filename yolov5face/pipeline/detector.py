@@ -6,12 +6,10 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from yolov5face.backends.band import band_window
 from yolov5face.pipeline.decode import DEFAULT_MAX_PIXELS, ImageError, decode_with_size
 from yolov5face.pipeline.heads import Faces, decode_predictions, to_json_faces
 from yolov5face.pipeline.letterbox import letterbox_batch, letterbox_geometry
@@ -19,6 +17,13 @@ from yolov5face.pipeline.letterbox import letterbox_batch, letterbox_geometry
 logger = logging.getLogger(__name__)
 
 STAGES = ("decode", "preprocess", "infer", "postprocess")
+
+
+def warmup_image() -> bytes:
+    """A mid-grey 640x480 JPEG: enough to touch every stage of the pipeline."""
+    import cv2
+
+    return cv2.imencode(".jpg", np.full((480, 640, 3), 127, np.uint8))[1].tobytes()
 
 
 @dataclass
@@ -77,18 +82,12 @@ class Detector:
         self.chunk = min(max_batch, self.backend.preferred_batch or max_batch)
         # Opt-in DCT-scaled JPEG decoding (default off: it keeps golden parity exact).
         self.decode_min_side = self.img_size if fast_decode else None
-        self._pool: ThreadPoolExecutor | None = None  # helper threads of detect(threads=N)
-        self._pool_size = 0
 
-    def warmup(self, batch_sizes: tuple[int, ...] = (1,), threads: int = 1) -> None:
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Warm the whole pipeline up (codec import, allocations, backend init) before traffic."""
-        import cv2
-
-        sample = cv2.imencode(".jpg", np.full((480, 640, 3), 127, np.uint8))[1].tobytes()
+        sample = warmup_image()
         for n in batch_sizes:
             self.detect([sample] * n)
-            if threads > 1 and n > 1:
-                self.detect([sample] * n, threads=threads)
 
     def detect_images(
         self,
@@ -105,20 +104,16 @@ class Detector:
         for start in range(0, len(images), self.chunk):
             chunk = images[start : start + self.chunk]
             t0 = time.perf_counter()
-            band = getattr(self.backend, "band", None)
-            if band is None:
-                batch, geometry = letterbox_batch(chunk, self.img_size)
-            else:
-                # A banded model takes only the window of the canvas the content can change.
-                window = band_window(
-                    band, letterbox_geometry([image.shape for image in chunk], self.img_size)
-                )
-                crop = (window.y0, window.y1, window.x0, window.x1)
-                batch, geometry = letterbox_batch(chunk, self.img_size, crop)
+            # A banded model takes only the window of the canvas the content can change.
+            window = self.backend.input_window(
+                letterbox_geometry([image.shape for image in chunk], self.img_size)
+            )
+            crop = None if window is None else (window.y0, window.y1, window.x0, window.x1)
+            batch, geometry = letterbox_batch(chunk, self.img_size, crop)
             if sizes is not None:
                 geometry[:, :2] = sizes[start : start + self.chunk]
             t1 = time.perf_counter()
-            raw = self.backend.infer(batch) if band is None else self.backend.infer(batch, window)
+            raw = self.backend.infer(batch, window)
             t2 = time.perf_counter()
             out.extend(
                 Detection(
@@ -164,48 +159,14 @@ class Detector:
         return results
 
     def detect(
-        self,
-        blobs: Sequence[bytes | bytearray | memoryview],
-        timings: dict | None = None,
-        threads: int = 1,
+        self, blobs: Sequence[bytes | bytearray | memoryview], timings: dict | None = None
     ) -> list[list[dict] | ImageError]:
-        """Image bytes -> the JSON face list per image, or the ImageError for a bad one.
-
-        `threads` > 1 cuts the batch into that many parts run side by side: decoding and the
-        backend release the GIL, so a worker with idle cores beside it finishes sooner.
-        """
-        if threads > 1 and len(blobs) > 1:
-            return self._detect_split(blobs, timings, min(threads, len(blobs)))
+        """Image bytes -> the JSON face list per image, or the ImageError for a bad one."""
         results = self.detect_raw(blobs, timings)
         t0 = time.perf_counter()
         out = [r if isinstance(r, ImageError) else r.to_json() for r in results]
         if timings is not None:
             timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t0
-        return out
-
-    def _detect_split(
-        self, blobs: Sequence[bytes | bytearray | memoryview], timings: dict | None, parts: int
-    ) -> list[list[dict] | ImageError]:
-        if self._pool_size < parts - 1:
-            if self._pool is not None:
-                self._pool.shutdown()
-            self._pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="detect")
-            self._pool_size = parts - 1
-        assert self._pool is not None
-        bounds = np.linspace(0, len(blobs), parts + 1).round().astype(int)
-        part_timings: list[dict] = [{} for _ in range(parts)]
-        futures = [
-            self._pool.submit(self.detect, blobs[a:b], t)
-            for a, b, t in zip(bounds[1:-1], bounds[2:], part_timings[1:])
-        ]
-        # The first part runs on the calling thread: one hand-off fewer.
-        out = self.detect(blobs[bounds[0] : bounds[1]], part_timings[0])
-        for future in futures:
-            out.extend(future.result())
-        if timings is not None:
-            for part in part_timings:
-                for stage, seconds in part.items():
-                    timings[stage] = timings.get(stage, 0.0) + seconds
         return out
 
     def describe(self) -> dict:

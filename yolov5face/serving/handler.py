@@ -12,8 +12,9 @@ from typing import Any
 from yolov5face import settings
 from yolov5face.pipeline.decode import ImageError
 from yolov5face.pipeline.detector import STAGES, Detector
-from yolov5face.serving.busy_board import BusyBoard, usable_cores
+from yolov5face.serving.busy_board import usable_cores
 from yolov5face.serving.malloc_tuning import keep_freed_buffers
+from yolov5face.serving.split import BatchSplitter
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,7 @@ class FaceDetectionHandler:
     def __init__(self) -> None:
         self.detector: Detector | None = None
         self.metrics: MetricSums | None = None
-        self.board: BusyBoard | None = None
-        self.cores = 1
+        self.splitter: BatchSplitter | None = None
         self.model_name = "fd1"
 
     def initialize(self, context: Any) -> None:
@@ -125,14 +125,14 @@ class FaceDetectionHandler:
             fast_decode=_flag(config, "fast_decode", "YOLOV5FACE_FAST_DECODE"),
         )
         batch_size = int(context.system_properties.get("batch_size") or 1)
-        self.cores = usable_cores()
+        cores = usable_cores()
         split = _flag(config, "split_batches", "YOLOV5FACE_SPLIT_BATCHES")
-        if split and self.cores > 1 and self.detector.backend.preferred_batch:
-            # CPU backends only; the workers of one model share the extracted archive's folder.
-            self.board = BusyBoard(model_dir / ".busy")
-        self.detector.warmup(
-            tuple(sorted({1, batch_size})), threads=self.cores if self.board else 1
-        )
+        if split and cores > 1 and self.detector.backend.on_cpu:
+            # The workers of one model share the extracted archive's folder for their board.
+            self.splitter = BatchSplitter(self.detector, model_dir / ".busy", cores)
+        self.detector.warmup(tuple(sorted({1, batch_size})))
+        if self.splitter is not None:
+            self.splitter.warmup((batch_size,))
         self._init_metrics(context, float(config.get("metrics_interval_s", 1.0)))
         for log_handler in logging.getLogger().handlers:
             log_handler.addFilter(_DropPerBatchLines())
@@ -171,14 +171,12 @@ class FaceDetectionHandler:
                 blobs.append(exc)
         good = [b for b in blobs if isinstance(b, bytes)]
         timings: dict[str, float] = {}
-        threads = 1
-        if self.board is None:
+        parts = 1
+        if self.splitter is None:
             answers = iter(self.detector.detect(good, timings))
         else:
-            with self.board.busy():
-                # Cores that no other worker is using right now help with this batch.
-                threads = min(len(good), max(1, self.cores - self.board.others_busy()))
-                answers = iter(self.detector.detect(good, timings, threads=threads))
+            results, parts = self.splitter.detect(good, timings)
+            answers = iter(results)
         out, bad = [], 0
         for idx, blob in enumerate(blobs):
             answer = blob if isinstance(blob, ImageError) else next(answers)
@@ -189,7 +187,7 @@ class FaceDetectionHandler:
                 out.append(json.dumps({"error": str(answer)}).encode())
             else:
                 out.append(json.dumps(answer).encode())
-        self._record(timings, len(blobs), bad, threads > 1)
+        self._record(timings, len(blobs), bad, parts > 1)
         logger.debug("batch of %d in %.1f ms", len(blobs), (time.perf_counter() - start) * 1e3)
         return out
 
