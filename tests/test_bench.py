@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from yolov5face.lab import bench
+from yolov5face.lab.load_levels import median_levels
+from yolov5face.lab.memory_bench import bench_memory
+from yolov5face.lab.pipeline_bench import bench_pipeline
+from yolov5face.lab.report import ReportSettings, environment, write_report
+from yolov5face.lab.server_bench import _server_summary, server_tables
 from yolov5face.tools.cli import main
 from yolov5face.tools.compare import compare_faces
 
@@ -48,7 +52,7 @@ def model_result(onnx_cache, weights: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def pipeline_result(onnx_cache, weights: Path) -> dict:
-    return bench.bench_pipeline(
+    return bench_pipeline(
         weights,
         images=["zidane.jpg"],
         batches=(1, 2),
@@ -61,7 +65,7 @@ def pipeline_result(onnx_cache, weights: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def memory_result(onnx_model: Path) -> dict:
-    return bench.bench_memory(onnx_model, images=5, files=["zidane.jpg", "test.jpg"])
+    return bench_memory(onnx_model, images=5, files=["zidane.jpg", "test.jpg"])
 
 
 def test_model_rows_have_positive_throughput_for_both_backends(model_result):
@@ -183,7 +187,7 @@ def server_result() -> dict:
         "reference": _served(4, [_level(1, 20.0, 60.0), _level(4, 30.0, 150.0)], 300.0, True),
         "ours_eager_torch": {"requests_served": 20, "memory": _memory(2, 300.0, True)},
     }
-    bench._server_summary(result)
+    _server_summary(result)
     return result
 
 
@@ -194,7 +198,7 @@ def test_median_levels_merges_rounds_per_concurrency():
     for lv, cpu in zip(first + second + third, (9.0, 8.0, 7.0, 10.0, 8.0, 6.0)):
         lv["server_cpu_ms_per_request"] = {"worker": cpu, "frontend": 1.0}
     second[1]["errors"] = {"503": 2}
-    merged = bench.median_levels([first, second, third])
+    merged = median_levels([first, second, third])
     assert [lv["concurrency"] for lv in merged] == [1, 4]
     one, four = merged
     assert (one["qps"], one["p99_ms"], one["qps_by_round"]) == (42.0, 25.0, [40.0, 44.0, 42.0])
@@ -210,7 +214,7 @@ def test_server_summary_reads_the_headline_off_each_round(server_result):
     ref_rounds = [[_level(1, 20.0, 60.0), _level(4, 30.0, 150.0)], [_level(1, 16.0, 35.0)]]
     result["ours"] = {**result["ours"], "rounds": ours_rounds}
     result["reference"] = {**result["reference"], "rounds": ref_rounds}
-    bench._server_summary(result)
+    _server_summary(result)
     # round 2: the reference peaks at 16 QPS with p99 35 ms; ours stays within 35 ms at 40 QPS
     assert result["vs_reference_by_round"] == [3.0, 2.5]
 
@@ -229,7 +233,7 @@ def test_server_summary_compares_at_the_same_p99(server_result):
     assert server_result["memory_vs_reference_met"] is True
     assert server_result["memory_limits_met"] == {"worker": True, "frontend": True}
     assert server_result["torch_share_of_worker_mb"] == 180.0
-    tables = "\n".join(bench.server_tables(server_result))
+    tables = "\n".join(server_tables(server_result))
     assert "ours, torch not deferred worker 2" in tables and "34%" in tables
 
 
@@ -237,7 +241,7 @@ def test_report_has_every_section_and_plot(
     tmp_path, model_result, pipeline_result, memory_result, server_result
 ):
     results = {
-        "environment": bench.environment(),
+        "environment": environment(),
         "model": model_result,
         "pipeline": pipeline_result,
         "memory": memory_result,
@@ -245,7 +249,7 @@ def test_report_has_every_section_and_plot(
         "elapsed_s": 12.0,
     }
     out = tmp_path / "docs" / "benchmarks.md"
-    bench.write_report(results, out, bench.ReportSettings.quick(), quick=True)
+    write_report(results, out, ReportSettings.quick(), quick=True)
     text = out.read_text()
     for heading in ("## Targets", "## 1. Model", "## 2. Pipeline", "## 3. Memory", "## 4. Server"):
         assert heading in text
@@ -310,7 +314,7 @@ def test_sigterm_during_bench_server_stops_its_torchserve(tmp_path, weights, onn
 
 
 def test_batching_variants_parse():
-    from yolov5face.lab.bench_batching import Variant
+    from yolov5face.lab.batching_bench import Variant
 
     assert Variant.parse("b4+split") == Variant(4, True) and Variant.parse("b2").name == "b2"
     assert Variant.parse("b2+split+plain") == Variant(2, True, plain=True)

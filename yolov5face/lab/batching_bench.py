@@ -3,16 +3,16 @@ plain model."""
 
 from __future__ import annotations
 
-import argparse
 import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from yolov5face.serving.launcher import ServerProcess
+from yolov5face.lab.load_levels import interleaved_rounds, median_levels
+from yolov5face.lab.servers import build_ours_archive, start_ours
+from yolov5face.serving.launcher import ServerProcess
 
 _VARIANT = re.compile(r"^b(\d+)(\+split)?(\+plain)?$")
 
@@ -65,8 +65,6 @@ def bench_batching(
     ready_timeout: float = 300.0,
 ) -> dict:
     """One `yolov5face serve` per variant, all running; levels interleaved across them."""
-    from yolov5face.lab import bench
-
     blob = image.read_bytes()
     images = [(image.name, blob)]
     result: dict[str, Any] = {
@@ -86,23 +84,20 @@ def bench_batching(
             for k, variant in enumerate(variants):
                 env = variant.env(delay_ms)
                 store = root / f"v{k}" / "model-store"
-                bench.build_ours_archive(weights, store, workers, extra_env=env)
-                running[variant.name] = bench.start_ours(
-                    root / f"v{k}", weights, store, workers, env
-                )
+                build_ours_archive(weights, store, workers, extra_env=env)
+                running[variant.name] = start_ours(root / f"v{k}", weights, store, workers, env)
             urls = {}
             for name, server in running.items():
                 server.wait_workers("fd1", workers, ready_timeout)
                 urls[name] = f"{server.http}/predictions/fd1"
-            by_round = bench.interleaved_rounds(
+            by_round = interleaved_rounds(
                 running, urls, images, levels, duration, warmup, rounds, server_warmup
             )
         finally:
             for server in running.values():
                 server.stop()
     result["variants"] = {
-        name: {"rounds": by_round[name], "levels": bench.median_levels(by_round[name])}
-        for name in urls
+        name: {"rounds": by_round[name], "levels": median_levels(by_round[name])} for name in urls
     }
     return result
 
@@ -128,68 +123,3 @@ def batching_rows(result: dict) -> list[list[Any]]:
 
 
 HEADER = ["variant", "concurrency", "QPS", "QPS by round", "p50 ms", "p99 ms", "CPU ms/req"]
-
-_EXAMPLES = """examples:
-  yolov5face bench batching                                 # b2, b2+split, b4+split, b8+split
-  yolov5face bench batching --variants b2,b4+split --concurrency 4,16 --rounds 5
-  yolov5face bench batching --variants b2+split,b2+split+plain   # banded against plain model
-Variants: b<N> = TorchServe batch size N; +split = a batch also runs on cores no other worker is
-using (YOLOV5FACE_SPLIT_BATCHES); +plain = the plain model instead of the banded one
-(YOLOV5FACE_BAND=0). CPU ms/req: frontend + workers per answered request.
-Needs Java (TorchServe); every server is stopped at the end, also on errors."""
-
-
-def add_parser(sub: argparse._SubParsersAction, common: Any, fmt: type) -> None:
-    """`yolov5face bench batching`."""
-    from yolov5face.lab.bench import _csv, _csv_ints
-
-    q = sub.add_parser(
-        "batching",
-        help="ours with other batch sizes / batch splitting, side by side",
-        epilog=_EXAMPLES,
-        formatter_class=fmt,
-    )
-    common(q)
-    q.add_argument("--image", default="zidane.jpg")
-
-    def variants(text: str) -> list[Variant]:
-        try:
-            parsed = [Variant.parse(t) for t in _csv(text)]
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        if len({v.name for v in parsed}) != len(parsed):
-            raise argparse.ArgumentTypeError(f"a variant is listed twice: {text!r}")
-        return parsed
-
-    q.add_argument(
-        "--variants",
-        type=variants,
-        default=[Variant(2, False), Variant(2, True), Variant(4, True), Variant(8, True)],
-    )
-    q.add_argument("--concurrency", type=_csv_ints, default=[2, 4, 8, 16, 24])
-    q.add_argument("--duration", type=float, default=5.0, help="counted seconds per level")
-    q.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds per level")
-    q.add_argument("--rounds", type=int, default=3, help="sweeps; each level reports the median")
-    q.add_argument("--delay", type=int, default=1, help="max batch delay, ms (default 1)")
-    q.add_argument("--workers", type=int, default=2)
-    q.add_argument("--server-warmup", type=float, default=20.0, help="uncounted load first, s")
-    q.set_defaults(func=_cmd_batching)
-
-
-def _cmd_batching(args: argparse.Namespace) -> int:
-    from yolov5face.lab.bench import _emit, _weights, resolve_image, text_table
-
-    result = bench_batching(
-        _weights(args),
-        resolve_image(args.image),
-        args.variants,
-        levels=args.concurrency,
-        duration=args.duration,
-        warmup=args.warmup,
-        rounds=args.rounds,
-        delay_ms=args.delay,
-        workers=args.workers,
-        server_warmup=args.server_warmup,
-    )
-    _emit(result, [text_table(HEADER, batching_rows(result))])
-    return 0
