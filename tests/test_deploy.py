@@ -715,6 +715,9 @@ def test_kserve_torchserve_config() -> None:
     assert props["model_store"] == "/mnt/models/model-store"
     assert props["service_envelope"] == "kserve"
     assert props["enable_model_api"] == "false"
+    # POST /workflows is not covered by enable_model_api: no URL may be admitted at all.
+    assert props["allowed_urls"] == "(?!)"
+    assert props["use_env_allowed_urls"] == "false"
     snapshot = json.loads(props["model_snapshot"])
     assert snapshot["modelCount"] == 1
     fd1 = snapshot["models"]["fd1"]
