@@ -1,1 +1,2 @@
-"""lab."""
+"""Benchmarks and studies (`yolov5face bench ...`, the `bench` extra). No product module imports
+this package: it plugs its command into the CLI through an entry point."""

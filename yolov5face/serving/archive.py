@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -64,6 +67,18 @@ def _inputs_digest(weights_sha: str, img_size: int, config: dict, package: Path 
     return digest.hexdigest()
 
 
+def python_tool(module: str, script: str) -> list[str]:
+    """Run `module` with this interpreter when it can import it, else the `script` on PATH.
+
+    TorchServe starts its workers with the Python that runs it: running it with this one makes
+    the workers import the same yolov5face (and dependencies) that built and launch the archive,
+    whatever other environment's `torchserve` comes first on PATH.
+    """
+    if importlib.util.find_spec(module.split(".")[0]) is not None:
+        return [sys.executable, "-m", module]
+    return [shutil.which(script) or str(Path(sys.executable).parent / script)]
+
+
 def build_archive(
     weights: str | os.PathLike,
     model_store: str | os.PathLike = "model-store",
@@ -84,8 +99,6 @@ def build_archive(
     if not force and target.is_file() and stamp.is_file() and stamp.read_text() == digest:
         logger.info("%s is up to date", target)
         return target
-    from yolov5face.serving.launcher import python_tool
-
     archiver = python_tool("model_archiver.model_packaging", "torch-model-archiver")
     with tempfile.TemporaryDirectory(prefix=".fd1-build-", dir=store) as tmp:
         from yolov5face.backends.band import band_path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -13,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from yolov5face import settings
+from yolov5face.serving.archive import python_tool
 
 logger = logging.getLogger(__name__)
 
@@ -325,18 +324,6 @@ def torchserve_env(run_dir: Path) -> dict[str, str]:
             p for p in (str(WORKER_SITE), os.environ.get("PYTHONPATH", "")) if p
         ),
     }
-
-
-def python_tool(module: str, script: str) -> list[str]:
-    """Run `module` with this interpreter when it can import it, else the `script` on PATH.
-
-    TorchServe starts its workers with the Python that runs it: running it with this one makes
-    the workers import the same yolov5face (and dependencies) that built and launch the archive,
-    whatever other environment's `torchserve` comes first on PATH.
-    """
-    if importlib.util.find_spec(module.split(".")[0]) is not None:
-        return [sys.executable, "-m", module]
-    return [shutil.which(script) or str(Path(sys.executable).parent / script)]
 
 
 def torchserve_command(model_store: Path, config: Path, models: str = "fd1=fd1.mar") -> list[str]:
