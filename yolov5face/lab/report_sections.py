@@ -309,7 +309,7 @@ def decode_section(decode: dict) -> list[str]:
         "Decoders compared on the shared photos (median ms per decode, speed-up vs "
         "`cv2.imdecode` in brackets), then the accuracy of the whole pipeline with each "
         "(golden parity by the comparison rule; WIDER FACE subset AP at 320, conf 0.02). "
-        "*ours* is `imagedecode.decode_image`: libjpeg-turbo through simplejpeg for upright "
+        "*ours* is `pipeline.decode.decode_image`: libjpeg-turbo through simplejpeg for upright "
         "JPEGs, pixel-identical to *opencv* (`cv2.imdecode`). *-scaled* decodes JPEGs at "
         "1/2, 1/4 or 1/8 (DCT scaling) while the long side stays >= 320. "
         "(`python -m yolov5face.lab.decode_study`)",
