@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -46,6 +47,18 @@ def golden_names(shared: Path) -> list[str]:
     names = sorted(p.name[: -len(".json")] for p in (shared / "golden" / "seed320").glob("*.json"))
     assert names, "no golden files found"
     return names
+
+
+@pytest.fixture(scope="session")
+def golden_dir(shared: Path) -> Path:
+    """The independent reference answers (rule: shared/golden/README.md)."""
+    return shared / "golden" / "seed320"
+
+
+@pytest.fixture(scope="session")
+def goldens(golden_dir: Path, golden_names: list[str]) -> dict[str, list[dict]]:
+    """Image name -> the reference server's answer, read as JSON (key order kept)."""
+    return {n: json.loads((golden_dir / f"{n}.json").read_text()) for n in golden_names}
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from yolov5face.pipeline.decode import ImageError, decode_image, image_size
+from yolov5face.pipeline.decode import ImageError, decode_image, decode_with_size, image_size
 from yolov5face.pipeline.letterbox import letterbox_batch, resized_shape
 
 
@@ -221,3 +221,18 @@ def test_corrupt_scan_data_decodes_like_opencv(images):
     data[120_000:120_040] = bytes(range(40))
     expected = cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR)
     assert np.array_equal(decode_image(bytes(data)), expected)
+
+
+@pytest.mark.parametrize(("name", "factor"), [("test.jpg", 4), ("zidane.jpg", 4), ("bus.jpg", 2)])
+def test_min_side_decodes_jpegs_at_reduced_scale(images, name, factor):
+    """Fast mode: OpenCV's DCT-scaled decode at the largest factor keeping the long side >= 320."""
+    data = (images / name).read_bytes()
+    full, full_size = decode_with_size(data)
+    image, size = decode_with_size(data, min_side=320)
+    assert size == full_size == (full.shape[1], full.shape[0])
+    h, w = full.shape[:2]
+    assert image.shape == (-(-h // factor), -(-w // factor), 3)
+    flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}[factor]
+    assert np.array_equal(image, cv2.imdecode(np.frombuffer(data, np.uint8), flag))
+    png = cv2.imencode(".png", full)[1].tobytes()
+    assert decode_with_size(png, min_side=320)[0].shape == full.shape  # JPEG only

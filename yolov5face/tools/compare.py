@@ -1,8 +1,9 @@
-"""The golden comparison rule: pair faces by IoU, then check tolerances."""
+"""The golden comparison rule: pair faces by IoU, then check tolerances; the answer form."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,3 +56,41 @@ def compare_faces(
 def faces_match(expected: Sequence[dict], actual: Sequence[dict], threshold: float = 0.3) -> bool:
     """True when the two face lists agree by the golden comparison rule."""
     return not compare_faces(expected, actual, threshold)
+
+
+FACE_KEYS = ("xywh_ratio", "conf", "landmarks_ratio")
+
+
+def convention_problems(faces: Any) -> list[str]:
+    """Problems with an answer's form: a list of faces, keys in order, descending conf."""
+    if not isinstance(faces, list):
+        return [f"not a list of faces: {type(faces).__name__}"]
+    problems: list[str] = []
+    for i, face in enumerate(faces):
+        keys = tuple(face) if isinstance(face, dict) else type(face).__name__
+        if keys != FACE_KEYS:
+            problems.append(f"face {i}: keys {keys} (want {FACE_KEYS} in this order)")
+            continue
+        lengths = len(face["xywh_ratio"]), len(face["landmarks_ratio"])
+        if lengths != (4, 10):
+            problems.append(f"face {i}: {lengths[0]} box and {lengths[1]} landmark values")
+    if problems:
+        return problems
+    for i in range(len(faces) - 1):
+        if faces[i]["conf"] < faces[i + 1]["conf"]:
+            a, b = faces[i]["conf"], faces[i + 1]["conf"]
+            problems.append(f"faces {i} and {i + 1} not in descending conf order ({a} < {b})")
+    return problems
+
+
+def golden_problems(golden: Sequence[dict], actual: Any, threshold: float = 0.3) -> list[str]:
+    """Problems of `actual` against a golden answer: its form, then the golden pairing rule."""
+    problems = convention_problems(actual)
+    if problems:
+        return problems
+    return compare_faces(golden, actual, threshold)
+
+
+def matches_golden(golden: Sequence[dict], actual: Any, threshold: float = 0.3) -> bool:
+    """True when `actual` has the golden form (key and score order) and pairs with `golden`."""
+    return not golden_problems(golden, actual, threshold)
