@@ -6,6 +6,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS ?= cpu,export,serve,bench,dev
 STAMP := $(VENV)/.installed-$(shell echo $(EXTRAS) | tr ',' '-')
+# torch is installed first, pinned, from TORCH_INDEX: the PyTorch CPU wheel index by default
+# (PyPI's Linux torch is the CUDA build, GBs of nvidia-* wheels). A CUDA host picks its index,
+# e.g. `make serve TORCH_INDEX=https://download.pytorch.org/whl/cu126`; TORCH_INDEX=none takes
+# pip's configured index as it is. When TORCH_INDEX does not answer within 10 s, torch comes from
+# pip's configured index only if that is a CPU build (scripts/install_torch.py).
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: help venv install test test-fast serve archive bench lint format clean
 
@@ -20,9 +27,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# torch first, pinned: the CPU build (an unpinned torch pulls GBs of CUDA packages).
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet "torch==2.13.0"
+	$(PY) scripts/install_torch.py "$(TORCH_VERSION)" --index "$(TORCH_INDEX)"
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
@@ -44,12 +50,12 @@ bench: $(STAMP)
 	$(VENV)/bin/yolov5face bench report --out docs/benchmarks.md
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check yolov5face torchserve tests
-	$(VENV)/bin/ruff format --check yolov5face torchserve tests
+	$(VENV)/bin/ruff check yolov5face tests scripts
+	$(VENV)/bin/ruff format --check yolov5face tests scripts
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format yolov5face torchserve tests
-	$(VENV)/bin/ruff check --fix yolov5face torchserve tests
+	$(VENV)/bin/ruff format yolov5face tests scripts
+	$(VENV)/bin/ruff check --fix yolov5face tests scripts
 
 clean:
 	rm -rf model-store logs build *.egg-info .pytest_cache
