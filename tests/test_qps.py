@@ -25,6 +25,12 @@ FACE = {
     "landmarks_ratio": [0.45, 0.45, 0.55, 0.45, 0.5, 0.5, 0.46, 0.56, 0.54, 0.56],
 }
 WRONG = {**FACE, "xywh_ratio": [0.1, 0.1, 0.05, 0.05]}
+OTHER = {  # a second, weaker face elsewhere: golden answers list faces by descending conf
+    "xywh_ratio": [0.2, 0.2, 0.1, 0.1],
+    "conf": 0.6,
+    "landmarks_ratio": [0.18, 0.18, 0.22, 0.18, 0.2, 0.2, 0.18, 0.22, 0.22, 0.22],
+}
+PAIR = [FACE, OTHER]
 SLEEP_S = 0.02
 
 
@@ -65,6 +71,19 @@ class Server:
         await self._count(request)
         return web.json_response([WRONG])
 
+    async def pair(self, request: web.Request) -> web.Response:
+        await self._count(request)
+        return web.json_response(PAIR)
+
+    async def ascending(self, request: web.Request) -> web.Response:
+        await self._count(request)
+        return web.json_response(PAIR[::-1])
+
+    async def keys(self, request: web.Request) -> web.Response:
+        await self._count(request)
+        order = ("conf", "xywh_ratio", "landmarks_ratio")
+        return web.json_response([{k: f[k] for k in order} for f in PAIR])
+
     async def chunked(self, request: web.Request) -> web.StreamResponse:
         await self._count(request)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -94,6 +113,9 @@ class Server:
         for path, handler in (("/wrong", self.wrong), ("/chunked", self.chunked)):
             app.router.add_route("*", path, handler)
         app.router.add_route("*", "/close", self.close_conn)
+        for path, handler in (("/pair", self.pair), ("/ascending", self.ascending)):
+            app.router.add_route("*", path, handler)
+        app.router.add_route("*", "/keys", self.keys)
         app.router.add_route("*", "/slow", self.slow)
         app.router.add_route("*", "/predictions/fd1", self.fixed)
         runner = web.AppRunner(app, access_log=None)
@@ -170,9 +192,10 @@ def test_latency_percentiles_and_default_path(server: Server, image_dir, capsys,
     assert lv["requests"] == lv["ok"] == 20 and lv["errors"] == {}
     assert lv["bytes_sent"] == 20 * 102
     assert server.hits["/predictions/fd1"] - before > 20  # warmup requests went out too
-    floor = SLEEP_S * 1e3 * 0.9
+    floor = SLEEP_S * 1e3 * 0.9  # asyncio may wake up to a clock tick early
+    # timing-ok: a lower bound that causality gives (the server sleeps before answering)
     assert floor <= lv["p50_ms"] <= lv["p90_ms"] <= lv["p99_ms"] <= lv["max_ms"]
-    assert lv["p50_ms"] < 1000 and lv["qps"] > 0
+    assert lv["qps"] > 0
 
 
 def test_summary_percentiles_are_numpy_linear() -> None:
@@ -199,6 +222,38 @@ def test_verify_catches_wrong_and_passes_right(server: Server, image_dir, capsys
     assert code == 1 and out["levels"][0]["mismatches"] == 12 and out["levels"][0]["ok"] == 12
 
 
+def test_verify_golden_checks_pairing_score_order_and_key_order(
+    server: Server, image_dir: Path, tmp_path: Path, capsys
+) -> None:
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    (golden / "a.jpg.json").write_text(json.dumps(PAIR))
+    images = f"{image_dir / 'a.jpg'} {image_dir / 'b.png'}"  # b.png has no golden: not verified
+    common = f"--images {images} --concurrency 2 --requests 8 --warmup 0 --verify-golden {golden}"
+    code, out = run_main(capsys, f"--url {server.url('/pair')} {common}")
+    assert (code, out["levels"][0]["ok"], out["levels"][0]["mismatches"]) == (0, 8, 0)
+    for path in ("/ascending", "/keys", "/fixed"):  # same faces in the wrong order; one missing
+        code, out = run_main(capsys, f"--url {server.url(path)} {common}")
+        assert (code, out["levels"][0]["ok"], out["levels"][0]["mismatches"]) == (1, 8, 4), path
+
+
+def test_verify_golden_bad_usage(image_dir: Path, tmp_path: Path, caplog) -> None:
+    jpg = image_dir / "a.jpg"
+    (tmp_path / "golden").mkdir()
+    (tmp_path / "golden" / "a.jpg.json").write_text("{}")
+    cases = {
+        f"--verify-golden {tmp_path / 'missing'}": "no such golden folder",
+        f"--verify-golden {image_dir}": "none of the images has a golden answer",
+        f"--verify-golden {tmp_path / 'golden'}": "not a JSON list",
+        f"--verify --verify-golden {tmp_path / 'golden'}": "two references",
+    }
+    for flags, message in cases.items():
+        caplog.clear()
+        args = parse(f"--url http://127.0.0.1:9/x --images {jpg} --warmup 0 {flags}")
+        assert args.func(args) == 2, flags
+        assert message in caplog.text, flags
+
+
 def test_requests_stops_after_exactly_n(server: Server, image_dir: Path, capsys) -> None:
     before = server.hits["/fixed"]
     code, out = run_main(
@@ -212,16 +267,15 @@ def test_requests_stops_after_exactly_n(server: Server, image_dir: Path, capsys)
 
 def test_duration_bounds_the_run(server: Server, image_dir: Path, tmp_path: Path, capsys) -> None:
     report, plot = tmp_path / "out.json", tmp_path / "out.png"
-    t0 = time.monotonic()
     code, out = run_main(
         capsys,
         f"--url {server.url('/fixed')} --images {image_dir} --concurrency 2 --duration 0.5 "
         f"--warmup 0 --report {report} --plot {plot}",
     )
-    wall = time.monotonic() - t0
     (lv,) = out["levels"]
-    assert code == 0 and 0 < lv["requests"] < 200  # 2 workers * 0.5 s / 20 ms = at most ~50
-    assert lv["elapsed_s"] >= 0.5 and wall < 20
+    # the duration, not the request cap, ended the level: 2 workers * 0.5 s / 20 ms = at most ~50
+    assert code == 0 and 0 < lv["requests"] < 200
+    assert lv["elapsed_s"] >= 0.5  # timing-ok: a lower bound, the level runs for --duration
     assert json.loads(report.read_text()) == out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -249,13 +303,24 @@ def test_timeouts_and_refused_count_as_exceptions(server, image_dir, capsys, eng
     assert lv["p50_ms"] is None
 
 
-def test_refuses_non_loopback_before_connecting(image_dir: Path, capsys, caplog) -> None:
-    t0 = time.monotonic()
+def test_refuses_non_loopback_before_connecting(
+    server: Server, image_dir: Path, capsys, caplog
+) -> None:
     args = parse(f"--url http://203.0.113.1:8080 --images {image_dir} --warmup 0")
     assert args.func(args) == 2
-    assert time.monotonic() - t0 < 2
     assert capsys.readouterr().out == ""
     assert "refusing non-loopback" in caplog.text and "--allow-remote" in caplog.text
+    # 0.0.0.0 is not a loopback address, yet on Linux connecting to it reaches this host's
+    # listeners: refused, the server sees no request; allowed, the same URL reaches it.
+    url = f"http://0.0.0.0:{server.port}/fixed"
+    before = server.hits["/fixed"]
+    args = parse(f"--url {url} --images {image_dir} --warmup 0 --requests 2 --concurrency 1")
+    assert args.func(args) == 2 and capsys.readouterr().out == ""
+    assert server.hits["/fixed"] == before
+    args = parse(
+        f"--url {url} --images {image_dir} --warmup 0 --requests 2 --concurrency 1 --allow-remote"
+    )
+    assert args.func(args) == 0 and server.hits["/fixed"] == before + 2
 
 
 @pytest.mark.parametrize(
@@ -322,7 +387,7 @@ def test_local_mode_drives_callable(image_dir: Path, capsys) -> None:
     assert code == 1 and out["url"] == "local"
     for lv in out["levels"]:
         assert lv["requests"] == lv["ok"] == lv["mismatches"] == 10
-        assert lv["p50_ms"] >= 5 * 0.9
+        assert lv["p50_ms"] >= 5 * 0.9  # timing-ok: a lower bound, detect sleeps 5 ms
     assert calls == [1] * 20
     code, out = run_main(
         capsys,
@@ -390,14 +455,18 @@ def test_raw_engine_reads_unusual_answers(image_dir: Path, capsys, path: str) ->
         assert code == 0 and lv["ok"] == 8
 
 
-def test_local_verify_with_real_detector(weights: Path, images: Path, capsys, monkeypatch) -> None:
+@pytest.mark.parametrize("reference", ["in-process", "golden"])
+def test_local_verify_with_real_detector(
+    weights: Path, images: Path, golden_dir: Path, capsys, monkeypatch, reference: str
+) -> None:
     monkeypatch.setenv("YOLOV5FACE_WEIGHTS", str(weights))
+    verify = "--verify" if reference == "in-process" else f"--verify-golden {golden_dir}"
     code, out = run_main(
         capsys,
-        f"--local --images {images / 'head.jpg'} {images / 'bad_image.jpg'} --concurrency 2 "
-        "--requests 6 --warmup 0 --duration 20 --verify",
+        f"--local --images {images / 'test.jpg'} {images / 'bad_image.jpg'} --concurrency 2 "
+        f"--requests 6 --warmup 0 --duration 20 {verify}",
     )
-    (lv,) = out["levels"]  # requests alternate: head.jpg answers, bad_image.jpg is rejected
+    (lv,) = out["levels"]  # requests alternate: test.jpg answers, bad_image.jpg is rejected
     assert code == 1 and lv["requests"] == 6 and lv["mismatches"] == 0
     assert lv["ok"] == 3 and lv["errors"] == {"image_error": 3}
 

@@ -16,7 +16,15 @@ import numpy as np
 
 from yolov5face.tools.qps.load import DEFAULT_MAX_REQUESTS, run
 from yolov5face.tools.qps.transports import run_grpc, run_http, run_local
-from yolov5face.tools.qps.verify import Detect, Faces, Image, Match, Verifier, compute_expected
+from yolov5face.tools.qps.verify import (
+    Detect,
+    Faces,
+    Image,
+    Match,
+    Verifier,
+    compute_expected,
+    load_golden,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,10 @@ examples:
 
   # quick check: 200 requests at concurrency 16, compare every answer with the local model
   yolov5face qps --images a.jpg b.jpg --concurrency 16 --requests 200 --verify
+
+  # compare every answer with an independent reference: <DIR>/<image file name>.json, checked
+  # by the golden rule (IoU pairing and tolerances, descending conf, key order)
+  yolov5face qps --images shared/images/ --verify-golden shared/golden/seed320
 
   # the no-server ceiling: drive Detector.detect in-process with the same levels
   yolov5face qps --images data/images/ --local --concurrency 1,2,4 --duration 10
@@ -157,12 +169,25 @@ def main(
     if not args.local and not args.allow_remote and not is_loopback(url):
         log.error("qps: refusing non-loopback host in %s (pass --allow-remote to target it)", url)
         return 2
-    if detect is None and (args.local or (args.verify and expected is None)):
+    if args.verify and args.verify_golden is not None:
+        log.error("qps: --verify and --verify-golden are two references: pass one")
+        return 2
+    if args.verify_golden is not None:
+        if expected is None:
+            try:
+                expected = load_golden(args.verify_golden, images)
+            except ValueError as exc:
+                log.error("qps: %s", exc)
+                return 2
+        if match is None:
+            from yolov5face.tools.compare import matches_golden as match
+    verify = args.verify or args.verify_golden is not None
+    if detect is None and (args.local or (verify and expected is None)):
         from yolov5face.pipeline.detector import Detector
 
         detect = Detector(weights=None, backend="auto").detect
     verifier = None
-    if args.verify:
+    if verify:
         if expected is None:
             assert detect is not None
             expected = compute_expected(detect, images)
@@ -288,6 +313,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--verify",
         action="store_true",
         help="compare each 200 answer with the in-process Detector's result",
+    )
+    p.add_argument(
+        "--verify-golden",
+        metavar="DIR",
+        help="compare each 200 answer with DIR/<image file name>.json (an independent reference, "
+        "e.g. shared/golden/seed320) by the golden rule, descending conf and key order included; "
+        "images without a file there are not verified",
     )
     p.add_argument(
         "--local",

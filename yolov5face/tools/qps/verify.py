@@ -1,10 +1,11 @@
-"""Answers checked by `yolov5face qps --verify`: expected faces per image, and the check."""
+"""Answers checked by `yolov5face qps --verify[-golden]`: expected faces per image, the check."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -50,4 +51,31 @@ def compute_expected(detect: Detect, images: Sequence[Image]) -> dict[str, Faces
             log.warning("detector failed on %s (%s); its answers are not verified", key, out)
         else:
             expected[key] = out
+    return expected
+
+
+def load_golden(folder: str | Path, images: Sequence[Image]) -> dict[str, Faces]:
+    """Expected faces per image from `<folder>/<image file name>.json` (independent reference).
+
+    Images without a golden file are left out (not verified, with a warning); raises
+    ValueError when the folder is missing, a file is not a JSON list, or no image has one.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"no such golden folder: {folder}")
+    expected: dict[str, Faces] = {}
+    for key, _ in images:
+        path = root / f"{Path(key).name}.json"
+        if not path.is_file():
+            log.warning("no golden answer %s; answers for %s are not verified", path, key)
+            continue
+        try:
+            faces = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"unreadable golden file {path}: {exc}") from None
+        if not isinstance(faces, list):
+            raise ValueError(f"golden file {path} is not a JSON list of faces")
+        expected[key] = faces
+    if not expected:
+        raise ValueError(f"none of the images has a golden answer in {folder}")
     return expected
