@@ -171,7 +171,7 @@ def test_installed_wheel_serves_the_goldens(tmp_path, weights, images, shared):
     import requests
 
     from yolov5face.serving.launcher import ServerProcess, private_listeners
-    from yolov5face.tools.compare import compare_faces
+    from yolov5face.tools.compare import golden_problems
 
     python, site = make_venv(tmp_path, build_wheel(tmp_path))
     installed = site / "yolov5face"
@@ -231,7 +231,7 @@ def test_installed_wheel_serves_the_goldens(tmp_path, weights, images, shared):
             )
             assert resp.status_code == 200, (photo.name, resp.status_code, resp.text)
             golden = shared / "golden" / "seed320" / f"{photo.name}.json"
-            problems[photo.name] = compare_faces(json.loads(golden.read_text()), resp.json())
+            problems[photo.name] = golden_problems(json.loads(golden.read_text()), resp.json())
         assert not any(problems.values()), problems
         bad = (images / "bad_image.jpg").read_bytes()
         resp = requests.put(f"{server.http}/predictions/fd1", data=bad, timeout=60)
