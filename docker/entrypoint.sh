@@ -12,6 +12,8 @@
 #   5. `exec yolov5face serve ...` so that it becomes the main process and
 #      receives SIGTERM/SIGINT directly (it forwards them to TorchServe and
 #      its workers). Any extra "--flag" arguments are passed on to it.
+#      TorchServe's config is the one packaged with yolov5face unless
+#      YOLOV5FACE_CONFIG names another file (then passed as --config).
 #
 # TensorRT engine: `yolov5face serve` builds (or reuses) the engine in
 # $YOLOV5FACE_ENGINE_CACHE when a worker starts. If the build fails it logs
@@ -28,7 +30,7 @@ set -euo pipefail
 : "${YOLOV5FACE_WEIGHTS:=/weights/yolov5n-0.5.pt}"
 : "${YOLOV5FACE_MODEL_STORE:=/var/lib/yolov5face/model-store}"
 : "${YOLOV5FACE_ENGINE_CACHE:=/var/lib/yolov5face/engines}"
-: "${YOLOV5FACE_CONFIG:=/app/config/config.properties}"
+: "${YOLOV5FACE_CONFIG:=}" # empty: the config packaged with yolov5face
 : "${YOLOV5FACE_REQUIRE_GPU:=0}"
 : "${YOLOV5FACE_NVIDIA_SMI:=nvidia-smi}"
 : "${YOLOV5FACE_PYTHON:=python3}"
@@ -131,8 +133,13 @@ case "$YOLOV5FACE_REQUIRE_GPU" in
     0 | false | no | "") ;;
     *) fail 1 "YOLOV5FACE_REQUIRE_GPU must be 0 or 1, got '${YOLOV5FACE_REQUIRE_GPU}'" ;;
 esac
-if [[ ! -f $YOLOV5FACE_CONFIG ]]; then
-    fail 1 "TorchServe config not found: YOLOV5FACE_CONFIG=${YOLOV5FACE_CONFIG}"
+config_args=()
+if [[ -n $YOLOV5FACE_CONFIG ]]; then
+    if [[ ! -f $YOLOV5FACE_CONFIG ]]; then
+        fail 1 "TorchServe config not found: YOLOV5FACE_CONFIG=${YOLOV5FACE_CONFIG}" \
+            "(unset it to use the config packaged with yolov5face)"
+    fi
+    config_args=(--config "$YOLOV5FACE_CONFIG")
 fi
 ensure_writable_dir YOLOV5FACE_MODEL_STORE "$YOLOV5FACE_MODEL_STORE"
 ensure_writable_dir YOLOV5FACE_ENGINE_CACHE "$YOLOV5FACE_ENGINE_CACHE"
@@ -141,11 +148,12 @@ ensure_writable_dir LOG_LOCATION "$LOG_LOCATION"
 log "weights=${YOLOV5FACE_WEIGHTS} model_store=${YOLOV5FACE_MODEL_STORE}" \
     "engine_cache=${YOLOV5FACE_ENGINE_CACHE} backend=${YOLOV5FACE_BACKEND:-auto}" \
     "workers=${YOLOV5FACE_WORKERS:-default} batch_size=${YOLOV5FACE_BATCH_SIZE:-default}" \
-    "max_batch_delay_ms=${YOLOV5FACE_MAX_BATCH_DELAY:-default} logs=${LOG_LOCATION}"
+    "max_batch_delay_ms=${YOLOV5FACE_MAX_BATCH_DELAY:-default} logs=${LOG_LOCATION}" \
+    "config=${YOLOV5FACE_CONFIG:-packaged}"
 
 # 5. Hand over to the server; exec keeps signals going straight to it.
 exec yolov5face serve \
-    --config "$YOLOV5FACE_CONFIG" \
+    "${config_args[@]}" \
     --model-store "$YOLOV5FACE_MODEL_STORE" \
     --weights "$YOLOV5FACE_WEIGHTS" \
     "$@"

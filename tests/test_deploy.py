@@ -45,14 +45,12 @@ COMPOSE_FILES = [COMPOSE_GPU, COMPOSE_CPU]
 DOCKERFILES = {"gpu": DOCKER_DIR / "Dockerfile.gpu", "cpu": DOCKER_DIR / "Dockerfile.cpu"}
 
 # Top-level repository paths that a Dockerfile may COPY from the build
-# context (the repository root).
+# context (the repository root): what `pip install .` needs, and the
+# entrypoint. The handler and TorchServe's config are package data.
 ALLOWED_COPY_ROOTS = {
     "pyproject.toml",
     "README.md",
     "yolov5face",
-    "torchserve",
-    "config",
-    "weights",
     "docker",
 }
 K8S_VERSION = "1.30.0"
@@ -531,6 +529,24 @@ def test_cpu_dockerfile_installs_cpu_stack() -> None:
     assert all(b.startswith("python:3.11") and "slim" in b for b in bases), bases
 
 
+@pytest.mark.parametrize("kind", sorted(DOCKERFILES))
+def test_dockerfile_installs_the_package_not_editable(kind: str) -> None:
+    """`pip install .[...]` into the venv; nothing runs from a copy of the checkout."""
+    instructions = parse_dockerfile(DOCKERFILES[kind])
+    runs = [i["value"] for i in instructions if i["instruction"] == "RUN"]
+    project = [r for r in runs if re.search(r"pip install [^\n]*\"\.\[", r)]
+    assert project, f"{kind}: no `pip install .[extras]` of the project"
+    for run in runs:
+        assert not re.search(r"pip install[^\n&|;]*\s(-e|--editable)\b", run), run
+    # the config comes from the package unless the user names one
+    env_lines = " ".join(i["value"] for i in instructions if i["instruction"] == "ENV")
+    assert "YOLOV5FACE_CONFIG" not in env_lines
+    final = " ".join(i["value"] for i in final_stage(instructions) if i["instruction"] == "RUN")
+    assert "launcher import CONFIG" in final, f"{kind}: the packaged config is not checked"
+    if kind == "cpu":
+        assert "torch.version.cuda is None" in "\n".join(runs), "CPU torch is not checked"
+
+
 # --------------------------------------------------------------------------
 # Kubernetes
 # --------------------------------------------------------------------------
@@ -907,6 +923,29 @@ def test_entrypoint_execs_serve_with_paths(sandbox: dict[str, Any]) -> None:
     ]
     for key in ("YOLOV5FACE_MODEL_STORE", "YOLOV5FACE_ENGINE_CACHE", "LOG_LOCATION"):
         assert Path(env[key]).is_dir(), f"{key} folder not created"
+
+
+def _serve_args(sandbox: dict[str, Any], env: dict[str, str]) -> list[str]:
+    result = run_entrypoint(env)
+    assert result.returncode == 0, result.stderr
+    lines = sandbox["record"].read_text().splitlines()
+    return [line.removeprefix("arg=") for line in lines[1:]]
+
+
+def test_entrypoint_defaults_to_the_packaged_config(sandbox: dict[str, Any]) -> None:
+    """Without YOLOV5FACE_CONFIG no --config is passed: `yolov5face serve` uses its own."""
+    env = {k: v for k, v in sandbox["env"].items() if k != "YOLOV5FACE_CONFIG"}
+    args = _serve_args(sandbox, env)
+    assert args[0] == "serve" and "--config" not in args, args
+    assert _serve_args(sandbox, dict(env, YOLOV5FACE_CONFIG=""))[0:2] == ["serve", "--model-store"]
+
+
+def test_entrypoint_missing_config(sandbox: dict[str, Any]) -> None:
+    env = dict(sandbox["env"], YOLOV5FACE_CONFIG=str(sandbox["tmp"] / "nope.properties"))
+    result = run_entrypoint(env)
+    assert result.returncode == 1
+    assert "TorchServe config not found" in result.stderr
+    assert not sandbox["record"].exists()
 
 
 def test_entrypoint_passes_explicit_commands_through(sandbox: dict[str, Any]) -> None:
