@@ -18,7 +18,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 help:
 	@echo "make serve    install, build model-store/fd1.mar, start TorchServe (foreground)"
-	@echo "make test     install test dependencies and run the whole test suite"
+	@echo "make test     install test dependencies, lint, and run the whole test suite"
 	@echo "make archive  (re)build model-store/fd1.mar when its inputs changed"
 	@echo "make bench    regenerate docs/benchmarks.md and its plots"
 	@echo "make lint     ruff check + format check"
@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml | $(PY)
 
 venv install: $(STAMP)
 
-test: $(STAMP)
+# Lint first: a lint regression fails `make test` (and so CI) like a failing test.
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

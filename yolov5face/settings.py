@@ -172,8 +172,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "YOLOV5FACE_CONFIG",
         "path",
-        "/app/config/config.properties",
-        "TorchServe config the entrypoint passes to `yolov5face serve --config`",
+        None,
+        "TorchServe config the entrypoint passes to `yolov5face serve --config`; unset: the "
+        "packaged `yolov5face/serving/config/config.properties`",
         (ENTRYPOINT,),
     ),
     Setting(
