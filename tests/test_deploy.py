@@ -602,15 +602,26 @@ def test_deployment_gpu_scheduling_and_resources() -> None:
 
 
 def test_deployment_probes() -> None:
+    """Every probe is `yolov5face ready` (exec): it sends TorchServe's current token key.
+
+    An httpGet probe cannot: with token authorization on, `GET /ping` without a key answers
+    400 (issue 23.4). tests/test_ready.py runs these very commands against a real server.
+    """
     container = _container(k8s_objects()["Deployment"])
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    ready = container["readinessProbe"]["exec"]["command"]
-    assert ready[:2] == ["yolov5face", "ready"], ready
-    live = container["livenessProbe"]["httpGet"]
-    assert live["path"] == "/ping"
-    assert ports.get(live["port"], live["port"]) == 8080
-    startup = container["startupProbe"]
-    assert startup["exec"]["command"][:2] == ["yolov5face", "ready"]
+    probes = {k: container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
+    for name, probe in probes.items():
+        assert "httpGet" not in probe and "tcpSocket" not in probe, f"{name}: {probe}"
+        assert probe["exec"]["command"][:2] == ["yolov5face", "ready"], f"{name}: {probe}"
+    ready = probes["readinessProbe"]["exec"]["command"]
+    assert "--live" not in ready, ready
+    live = probes["livenessProbe"]["exec"]["command"]
+    assert "--live" in live, live  # a busy pod leaves the Service; it is not restarted
+    for name, probe in probes.items():
+        command = probe["exec"]["command"]
+        wait = float(command[command.index("--timeout") + 1]) if "--timeout" in command else 5.0
+        # the inference timeout, the management call (2 s) and the interpreter's start
+        assert probe.get("timeoutSeconds", 1) >= wait + 3, f"{name}: {probe}"
+    startup = probes["startupProbe"]
     budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
     assert budget >= 600, f"startupProbe allows only {budget}s for the first engine build"
 

@@ -385,6 +385,8 @@ def test_token_authorization_mode(tmp_path, weights, model_store, expected, chec
             "-q",
             "--management-url",
             srv.management,
+            "--inference-url",  # `ready` runs an inference on the probe image
+            srv.http,
         ]
         assert subprocess.run(ready, cwd=tmp_path, timeout=60).returncode == 0  # reads the key
         assert subprocess.run(ready, cwd=tmp_path / ".serve", timeout=60).returncode == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -13,14 +12,13 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from yolov5face import settings
+from yolov5face.serving import readiness
 from yolov5face.serving.archive import python_tool
 
 logger = logging.getLogger(__name__)
@@ -63,31 +61,21 @@ def verify_weights(path: Path) -> None:
         raise ServeError(f"checksum mismatch for {path}: expected {expected}")
 
 
-def management_token(run_dir: Path = Path(".serve")) -> str | None:
+def management_token(run_dir: Path = readiness.RUN_DIR) -> str | None:
     """Management key when token authorization is on: env, else the server's key_file.json."""
-    token = settings.text("YOLOV5FACE_MANAGEMENT_TOKEN")
-    key_file = run_dir / "key_file.json"
-    if token or not key_file.is_file():
-        return token
-    try:
-        return json.loads(key_file.read_text())["management"]["key"]
-    except (ValueError, KeyError, OSError):
-        return None
+    return readiness.current_key("management", run_dir)
 
 
-def model_status(management_url: str, model: str = "fd1", timeout: float = 2.0) -> list[dict]:
-    """Workers of `model` as reported by the management API ([] when unreachable)."""
-    request = urllib.request.Request(f"{management_url}/models/{model}")
-    token = management_token()
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            body = json.loads(resp.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        return []
-    entry = body[0] if isinstance(body, list) and body else body
-    return entry.get("workers", []) if isinstance(entry, dict) else []
+def model_status(
+    management_url: str, model: str = "fd1", timeout: float = 2.0, run_dir: Path | None = None
+) -> list[dict]:
+    """Workers of `model` as reported by the management API ([] when unreachable).
+
+    With tokens on, key_file.json in `run_dir` (default `.serve`) is read on each call and an
+    expired or refused management key is renewed (readiness.authorised_call).
+    """
+    workers = readiness.worker_states(management_url, model, timeout, run_dir or readiness.RUN_DIR)
+    return workers or []
 
 
 def is_ready(management_url: str, model: str = "fd1") -> bool:
@@ -108,6 +96,12 @@ def _property(config: Path, key: str, default: str) -> str:
 def management_url(config: Path = CONFIG) -> str:
     """The management address TorchServe will use (env override first)."""
     url = _property(config, "management_address", "http://127.0.0.1:8081")
+    return url.replace("0.0.0.0", "127.0.0.1")
+
+
+def inference_url(config: Path = CONFIG) -> str:
+    """The inference address TorchServe will use (env override first), reachable locally."""
+    url = _property(config, "inference_address", "http://127.0.0.1:8080")
     return url.replace("0.0.0.0", "127.0.0.1")
 
 

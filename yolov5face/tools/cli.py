@@ -186,19 +186,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_ready(args: argparse.Namespace) -> int:
-    from yolov5face.serving.launcher import is_ready, management_url
+    from yolov5face.serving import readiness
+    from yolov5face.serving.launcher import inference_url, management_url
 
-    url = args.management_url or management_url()
-    ready = is_ready(url, args.model)
+    mgmt = args.management_url or management_url()
+    http = args.inference_url or inference_url()
+    run_dir = Path(args.run_dir)
+    if args.live:
+        verdict = readiness.check_live(mgmt, http, args.timeout, run_dir)
+    else:
+        verdict = readiness.check_ready(mgmt, http, args.model, args.timeout, run_dir)
     if not args.quiet:
-        print(json.dumps({"model": args.model, "ready": ready, "management_url": url}))
-    return EXIT_OK if ready else EXIT_FAILED
+        out = {"model": args.model, "ready": verdict.ok, "management_url": mgmt}
+        out |= {"inference_url": http, "check": "live" if args.live else "ready"}
+        print(json.dumps(out | ({"reason": verdict.reason} if verdict.reason else {})))
+    return EXIT_OK if verdict.ok else EXIT_FAILED
 
 
 _SERVE_EXAMPLES = """examples:
   yolov5face serve                                  # weights from $YOLOV5FACE_WEIGHTS
   TS_INFERENCE_ADDRESS=http://127.0.0.1:9080 yolov5face serve --model-store /tmp/ms
-  yolov5face ready && echo up                       # exit 0 only with a READY fd1 worker"""
+  yolov5face ready && echo up                       # exit 0 only when fd1 answers
+  yolov5face ready --live                           # the frontend answers /ping (liveness)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,14 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "ready",
-        help="exit 0 when fd1 has a READY worker (health checks)",
+        help="exit 0 when fd1 answers a real inference (health checks)",
+        description="Readiness: a READY worker of the model in the management API and a real "
+        "inference on a built-in 32x32 image within --timeout. --live: the frontend answers "
+        "/ping. With token authorization on, the keys are read from RUN_DIR/key_file.json on "
+        "every call and an expired key is renewed through TorchServe's token API.",
         epilog=_SERVE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--management-url", help="default: from config.properties / TS_MANAGEMENT_ADDRESS"
     )
+    p.add_argument("--inference-url", help="default: from config.properties / TS_INFERENCE_ADDRESS")
     p.add_argument("--model", default="fd1")
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds the inference may take (default 5)"
+    )
+    p.add_argument("--live", action="store_true", help="liveness only: GET /ping answers 200")
+    p.add_argument(
+        "--run-dir", default=".serve", help="the server's run dir, where key_file.json is"
+    )
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=_cmd_ready)
 
