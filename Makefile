@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(shell echo $(EXTRAS) | tr ',' '-')
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help venv install test test-fast serve archive bench lint format clean
+.PHONY: help venv install test test-fast serve archive bench lint format clean gpu-check
 
 help:
 	@echo "make serve    install, build model-store/fd1.mar, start TorchServe (foreground)"
@@ -22,6 +22,7 @@ help:
 	@echo "make archive  (re)build model-store/fd1.mar when its inputs changed"
 	@echo "make bench    regenerate docs/benchmarks.md and its plots"
 	@echo "make lint     ruff check + format check"
+	@echo "make gpu-check  the GPU path on this machine, parts it cannot run skipped (gpu-check.json)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,12 @@ serve: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/yolov5face bench report --out docs/benchmarks.md
+
+# No install: runs from a plain copy of the tree with a Python that has torch, onnxruntime, onnx,
+# numpy and OpenCV (a GPU machine's own). GPU_PYTHON=.venv/bin/python runs it here.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) scripts/gpu_check.py --out gpu-check.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check yolov5face tests scripts

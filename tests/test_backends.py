@@ -8,7 +8,6 @@ import pytest
 
 from yolov5face.backends import choose_backend
 from yolov5face.convert.engine_cache import EngineCache, EngineKey
-from yolov5face.convert.tensorrt import bucket_for
 from yolov5face.tools.compare import compare_faces
 
 
@@ -71,15 +70,17 @@ def test_backend_choice(monkeypatch):
         choose_backend("tflite")
 
 
-KEY = EngineKey("ab" * 32, 320, 32, "fp16", "10.5.0", "Tesla T4", "7.5")
+KEY = EngineKey("ab" * 32, "fp16", (1, 8, 8), "uint8-nhwc-bgr", "10.5.0", "Tesla T4", "7.5")
 
 
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("model_sha256", "cd" * 32),
-        ("img_size", 640),
-        ("max_batch", 16),
+        ("source_sha256", "cd" * 32),
+        ("profile", (1, 16, 16)),
+        ("profile", (1, 4, 8)),
+        ("input_layout", "float32-nchw-rgb"),
+        ("builder", 2),
         ("precision", "fp32"),
         ("tensorrt_version", "10.6.0"),
         ("gpu_name", "NVIDIA A10G"),
@@ -131,20 +132,6 @@ def test_engine_cache_detects_tampered_entry(tmp_path):
     assert cache.lookup(KEY) is None
     rebuilt = cache.get_or_build(KEY, lambda p: p.write_bytes(b"y" * 100))
     assert rebuilt.read_bytes() == b"y" * 100
-
-
-def test_buckets():
-    assert [bucket_for(n) for n in (1, 2, 3, 5, 8, 9, 31, 32, 40)] == [
-        1,
-        2,
-        4,
-        8,
-        8,
-        16,
-        32,
-        32,
-        32,
-    ]
 
 
 def test_cpu_detector_runs_big_batches_in_chunks_of_four(detector, images, golden_names):

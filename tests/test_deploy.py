@@ -493,11 +493,12 @@ def test_gpu_dockerfile_installs_pinned_stack() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["TORCH_VERSION"])
     assert args["TORCH_INDEX_URL"].endswith("/whl/cu126")
     assert '"torch==${TORCH_VERSION}"' in runs and "${TORCH_INDEX_URL}" in runs
-    # torch2trt from upstream at a pinned tag or full commit id
+    # torch2trt from upstream at the commit that supports TensorRT 10 (PR #922), verified
     assert args["TORCH2TRT_REPO"] == "https://github.com/NVIDIA-AI-IOT/torch2trt.git"
-    ref = args["TORCH2TRT_REF"]
-    assert re.fullmatch(r"v\d+\.\d+\.\d+|[0-9a-f]{40}", ref), ref
-    assert "${TORCH2TRT_REF}" in runs
+    assert args["TORCH2TRT_COMMIT"] == "4e820ae31b4e35d59685935223b05b2e11d47b03"
+    assert '"${TORCH2TRT_REPO}" "${TORCH2TRT_COMMIT}"' in runs
+    assert 'test "$(git rev-parse HEAD)" = "${TORCH2TRT_COMMIT}"' in runs
+    assert "import tensorrt, torch2trt" in runs
     # pycuda, TorchServe and the archiver pinned; the JRE installed
     assert re.fullmatch(r"\d{4}\.\d+(\.\d+)?", args["PYCUDA_VERSION"])
     assert args["TORCHSERVE_VERSION"] == "0.12.0"

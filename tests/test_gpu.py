@@ -55,9 +55,19 @@ def test_tensorrt_onnx_engine_parity(weights, images, shared, golden_names, tmp_
 
 @needs_trt
 @needs_torch2trt
-def test_torch2trt_bucket_engines(weights, tmp_path):
-    from yolov5face.convert.tensorrt import build_engine_torch2trt
+def test_torch2trt_dynamic_batch_engine(weights, images, shared, golden_names, tmp_path):
+    """One torch2trt engine (the project's channel-shuffle converter) serves batches 1..8."""
+    from yolov5face.backends.tensorrt import TensorRTBackend
+    from yolov5face.convert.onnx import cached_onnx, read_onnx_info
+    from yolov5face.convert.tensorrt import prepare_engine
+    from yolov5face.pipeline.detector import Detector
 
-    out = tmp_path / "b4.engine"
-    build_engine_torch2trt(weights, out, batch=4, module_out=tmp_path / "b4.pth")
-    assert out.stat().st_size > 0
+    path, key = prepare_engine(weights, 8, method="torch2trt", cache_dir=tmp_path)
+    assert key.profile == (1, 8, 8) and key.input_layout == "float32-nchw-rgb"
+    detector = Detector(weights, backend="onnxruntime", band=False)
+    detector.backend = TensorRTBackend(path, read_onnx_info(cached_onnx(weights, 320)))
+    assert detector.backend.max_batch == 8
+    blobs = [(images / n).read_bytes() for n in golden_names]
+    for n in (1, len(blobs)):
+        for name, faces in zip(golden_names, detector.detect(blobs[:n])):
+            assert compare_faces(_golden(shared, name), faces) == [], name

@@ -92,9 +92,19 @@ SETTINGS: tuple[Setting, ...] = (
         "text",
         "auto",
         "inference backend; `--backend` wins over it, and it wins over `backend:` in the model "
-        "config",
+        "config. `auto`: TensorRT when it is installed and the CUDA driver lists a GPU, else ONNX "
+        "Runtime (CUDA provider on a GPU, else CPU). `torch` is for `yolov5face detect` and the "
+        "benchmarks only: `serve` refuses it",
         (PYTHON, COMPOSE),
         choices=("auto", "onnxruntime", "torch", "tensorrt"),
+    ),
+    Setting(
+        "YOLOV5FACE_GPU_FALLBACK",
+        "flag",
+        False,
+        "when the TensorRT engine cannot be built before TorchServe starts, serve with ONNX "
+        "Runtime (CUDA provider) instead of exiting 1; the failure is logged either way",
+        (PYTHON, ENTRYPOINT),
     ),
     Setting(
         "YOLOV5FACE_THREADS",

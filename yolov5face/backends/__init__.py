@@ -13,8 +13,18 @@ from yolov5face.backends.base import Backend, ModelInfo
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+# What TorchServe's workers run: the archive holds ONNX models, which the torch backend cannot
+# load (it is a library and benchmark backend: `yolov5face detect --backend torch`).
+SERVED_BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
-__all__ = ["BACKENDS", "Backend", "ModelInfo", "choose_backend", "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "SERVED_BACKENDS",
+    "Backend",
+    "ModelInfo",
+    "choose_backend",
+    "create_backend",
+]
 
 
 def _importable(module: str) -> bool:
@@ -22,11 +32,10 @@ def _importable(module: str) -> bool:
 
 
 def _cuda_available() -> bool:
-    if _importable("torch"):
-        import torch
+    # The driver, not torch: importing CUDA torch loads ~2 GB into every worker.
+    from yolov5face.backends.cuda_driver import cuda_available
 
-        return torch.cuda.is_available()
-    return False
+    return cuda_available()
 
 
 def choose_backend(requested: str | None = None) -> tuple[str, str]:
@@ -51,11 +60,13 @@ def create_backend(
     device: str | None = None,
     max_batch: int = 32,
     band: bool | None = None,
+    build_engine: bool = True,
 ) -> Backend:
     """Build the backend for `weights` (.pt/.safetensors checkpoint or exported .onnx).
 
     `band`: ONNX Runtime on the CPU runs the banded model when there is one (default: yes,
-    unless YOLOV5FACE_BAND is off; yolov5face/backends/band.py).
+    unless YOLOV5FACE_BAND is off; yolov5face/backends/band.py). TensorRT: the engine's batch
+    profile is 1..`max_batch`; without `build_engine` it must already be in the cache.
     """
     resolved, reason = choose_backend(name)
     logger.info("backend %s (%s)", resolved, reason)
@@ -75,7 +86,9 @@ def create_backend(
     from yolov5face.backends.tensorrt import TensorRTBackend
 
     try:
-        return TensorRTBackend.from_weights(weights, img_size=img_size, max_batch=max_batch)
+        return TensorRTBackend.from_weights(
+            weights, img_size=img_size, batch_size=max_batch, build=build_engine
+        )
     except Exception:
         if reason == "requested explicitly":
             raise

@@ -10,6 +10,10 @@ import numpy as np
 
 from yolov5face.backends.band import Window
 
+# What a backend's `infer` takes (yolov5face/convert/uint8_input.py):
+FLOAT_LAYOUT = "float32-nchw-rgb"  # (B, 3, S, S) float32 RGB in [0, 1]
+UINT8_LAYOUT = "uint8-nhwc-bgr"  # (B, S, S, 3) uint8 BGR canvases; the model converts them
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -39,7 +43,7 @@ class ModelInfo:
 
 
 class Backend(Protocol):
-    """Runs the network: float32 (B, 3, S, S) RGB batch in [0, 1] -> raw (B, N, 16) float32."""
+    """Runs the network: a batch in its `input_layout` -> raw (B, N, 16) float32 predictions."""
 
     name: str
     info: ModelInfo
@@ -47,6 +51,8 @@ class Backend(Protocol):
     preferred_batch: int | None
     # True when the network runs on the host's CPU cores (serving may split batches across them).
     on_cpu: bool
+    # FLOAT_LAYOUT or UINT8_LAYOUT (a backend without the attribute takes FLOAT_LAYOUT).
+    input_layout: str
 
     def input_window(self, geometry: np.ndarray) -> Window | None:
         """The part of the canvas this batch needs (letterbox geometry rows), None for all of it.
@@ -75,8 +81,16 @@ def whole_canvases(backend: Backend, window: Window | None) -> None:
         raise ValueError(f"the {backend.name} backend takes whole canvases, not windows")
 
 
+def input_layout(backend: Backend) -> str:
+    """The layout `backend.infer` takes."""
+    return getattr(backend, "input_layout", FLOAT_LAYOUT)
+
+
 def warmup_batches(backend: Backend, batch_sizes: tuple[int, ...]) -> None:
-    """Shared warm-up: one mid-grey batch of each size."""
+    """Shared warm-up: one mid-grey batch of each size, in the backend's input layout."""
     size = backend.info.img_size
     for n in batch_sizes:
-        backend.infer(np.full((n, 3, size, size), 0.5, np.float32))
+        if input_layout(backend) == UINT8_LAYOUT:
+            backend.infer(np.full((n, size, size, 3), 128, np.uint8))
+        else:
+            backend.infer(np.full((n, 3, size, size), 0.5, np.float32))

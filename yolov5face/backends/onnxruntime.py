@@ -11,12 +11,14 @@ import numpy as np
 from yolov5face import settings
 from yolov5face.backends.band import METADATA_KEY as BAND_KEY
 from yolov5face.backends.band import BandSpec, Window, band_path, band_window
-from yolov5face.backends.base import ModelInfo, warmup_batches
+from yolov5face.backends.base import FLOAT_LAYOUT, UINT8_LAYOUT, ModelInfo, warmup_batches
 from yolov5face.model.checkpoint import sha256_file
 
 logger = logging.getLogger(__name__)
 
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# On a GPU, CUDA only: TensorRT is this project's own backend, with its engine built once before
+# serving; ONNX Runtime's TensorRT provider would build another one in every worker at start.
+_GPU_PROVIDERS = ("CUDAExecutionProvider",)
 CPU_PREFERRED_BATCH = 4
 
 
@@ -71,7 +73,10 @@ class OnnxRuntimeBackend:
         self._banded: Any = None
         banded = band_path(model_path)
         self.on_cpu = self.session.get_providers() == ["CPUExecutionProvider"]
-        if band and self.on_cpu and banded.exists():
+        # A uint8-input model (yolov5face/convert/uint8_input.py) takes the canvas as it is.
+        uint8 = self.session.get_inputs()[0].type == "tensor(uint8)"
+        self.input_layout = UINT8_LAYOUT if uint8 else FLOAT_LAYOUT
+        if band and self.on_cpu and not uint8 and banded.exists():
             self._banded = ort.InferenceSession(str(banded), options, providers=providers)
             self.band = _band_spec(self._banded)
             if self.band is None or self.band.source_sha256 != sha256_file(model_path):

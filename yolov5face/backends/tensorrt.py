@@ -1,8 +1,10 @@
-"""TensorRT backend: serialized engines run with the TensorRT Python API, buffers via pycuda.
+"""TensorRT backend: one serialized engine with a dynamic batch profile, run through pycuda.
 
-One engine with a dynamic batch profile (ONNX-parser route), or one engine per batch bucket
-(torch2trt route); a request batch runs on the smallest engine that holds it, padded. Input
-and output tensors are found by name. Not exercised on the CPU-only development machines.
+The engine is found in the cache, never built here when serving: `yolovface serve` and the
+container build it before TorchServe starts (yolov5face/convert/tensorrt.py). Buffers, stream
+and execution context are made once in the device's primary context; each call holds the
+backend's lock with that context current (yolov5face/backends/cuda_context.py), so any thread
+may call. Not run on the CPU-only development machines.
 """
 
 from __future__ import annotations
@@ -16,142 +18,117 @@ import numpy as np
 
 from yolov5face.backends.band import Window
 from yolov5face.backends.base import ModelInfo, warmup_batches, whole_canvases
+from yolov5face.backends.cuda_context import PrimaryContext, SerialDevice
+from yolov5face.convert.uint8_input import FLOAT_LAYOUT, UINT8_LAYOUT
 
 logger = logging.getLogger(__name__)
 
 
-class _Engine:
-    """One deserialized engine with pinned host and device buffers for its largest batch."""
+class TensorRTBackend:
+    """Runs a TensorRT engine whose input is uint8 NHWC BGR (ONNX route) or float NCHW RGB."""
 
-    def __init__(self, runtime: Any, path: Path, max_batch: int, img_size: int, n_pred: int):
-        import pycuda.driver as cuda
+    name = "tensorrt"
+    on_cpu = False
+
+    def __init__(
+        self, engine_path: str | os.PathLike, info: ModelInfo, device: SerialDevice | None = None
+    ):
         import tensorrt as trt
 
         from yolov5face.convert.onnx import INPUT_NAME, OUTPUT_NAME
 
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"could not deserialize {path} (other TensorRT version or GPU?)")
-        self.context = self.engine.create_execution_context()
-        self.max_batch = max_batch
-        self.input_name, self.output_name = INPUT_NAME, OUTPUT_NAME
-        self.v3 = hasattr(self.engine, "num_io_tensors")  # TensorRT >= 8.5 tensor API
-        if self.v3:
+        if not hasattr(trt.ICudaEngine, "num_io_tensors"):
+            raise RuntimeError(
+                f"TensorRT {trt.__version__} is too old: 8.5+ is needed (10.x tested)"
+            )
+        self.info, self.trt_version = info, trt.__version__
+        self.path = Path(engine_path)
+        self.device = device or SerialDevice(PrimaryContext())
+        self._in, self._out = INPUT_NAME, OUTPUT_NAME
+        with self.device.current():
+            import pycuda.driver as cuda
+
+            self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if self.engine is None:
+                raise RuntimeError(f"could not deserialize {self.path} (other TensorRT or GPU?)")
             names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
             if {INPUT_NAME, OUTPUT_NAME} - names:
                 raise RuntimeError(
                     f"engine tensors {sorted(names)} lack {INPUT_NAME}/{OUTPUT_NAME}"
                 )
-            in_dtype = trt.nptype(self.engine.get_tensor_dtype(INPUT_NAME))
-            out_dtype = trt.nptype(self.engine.get_tensor_dtype(OUTPUT_NAME))
-        else:
-            self.in_index = self.engine.get_binding_index(INPUT_NAME)
-            self.out_index = self.engine.get_binding_index(OUTPUT_NAME)
-            in_dtype = trt.nptype(self.engine.get_binding_dtype(self.in_index))
-            out_dtype = trt.nptype(self.engine.get_binding_dtype(self.out_index))
-        self.host_in = cuda.pagelocked_empty((max_batch, 3, img_size, img_size), in_dtype)
-        self.host_out = cuda.pagelocked_empty((max_batch, n_pred, 16), out_dtype)
-        self.dev_in = cuda.mem_alloc(self.host_in.nbytes)
-        self.dev_out = cuda.mem_alloc(self.host_out.nbytes)
-        self.stream = cuda.Stream()
-        if self.v3:
-            self.fixed = self.engine.get_tensor_shape(INPUT_NAME)[0] != -1
-        else:
-            self.fixed = self.engine.get_binding_shape(self.in_index)[0] != -1
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        import pycuda.driver as cuda
-
-        n = batch.shape[0]
-        self.host_in[:n] = batch
-        self.host_in[n:] = 0.5  # padding rows of a fixed-batch engine; their outputs are dropped
-        rows = self.max_batch if self.fixed else n
-        shape = (rows, *batch.shape[1:])
-        cuda.memcpy_htod_async(self.dev_in, self.host_in[:rows], self.stream)
-        if self.v3:
-            self.context.set_input_shape(self.input_name, shape)
-            self.context.set_tensor_address(self.input_name, int(self.dev_in))
-            self.context.set_tensor_address(self.output_name, int(self.dev_out))
-            ok = self.context.execute_async_v3(self.stream.handle)
-        else:
-            self.context.set_binding_shape(self.in_index, shape)
-            bindings = [0] * self.engine.num_bindings
-            bindings[self.in_index], bindings[self.out_index] = int(self.dev_in), int(self.dev_out)
-            ok = self.context.execute_async_v2(bindings, self.stream.handle)
-        if not ok:
-            raise RuntimeError("TensorRT execution failed")
-        cuda.memcpy_dtoh_async(self.host_out[:rows], self.dev_out, self.stream)
-        self.stream.synchronize()
-        return self.host_out[:n].astype(np.float32, copy=True)
-
-
-class TensorRTBackend:
-    """Runs TensorRT engines: a dynamic one, or fixed-batch buckets."""
-
-    name = "tensorrt"
-    preferred_batch: int | None = None  # one engine profile covers 1..max_batch
-    on_cpu = False
-
-    def __init__(self, engines: dict[int, Path], info: ModelInfo):
-        import pycuda.autoinit  # noqa: F401  (creates the CUDA context of this process)
-        import tensorrt as trt
-
-        self.info = info
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        n_pred = sum(3 * (info.img_size // s) ** 2 for s in info.strides)
-        self.engines = {
-            b: _Engine(self.runtime, Path(p), b, info.img_size, n_pred)
-            for b, p in sorted(engines.items())
-        }
-        self.max_batch = max(self.engines)
-        self.trt_version = trt.__version__
+            in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(INPUT_NAME)))
+            out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(OUTPUT_NAME)))
+            _, _, high = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
+            self.max_batch = int(high[0])
+            row = tuple(int(d) for d in high[1:])
+            self.input_layout = UINT8_LAYOUT if in_dtype == np.uint8 else FLOAT_LAYOUT
+            n_pred = sum(3 * (info.img_size // s) ** 2 for s in info.strides)
+            # Pinned host buffers for the largest batch; a call copies only its own rows.
+            self.host_in = cuda.pagelocked_empty((self.max_batch, *row), in_dtype)
+            self.host_out = cuda.pagelocked_empty((self.max_batch, n_pred, 16), out_dtype)
+            self.dev_in = cuda.mem_alloc(self.host_in.nbytes)
+            self.dev_out = cuda.mem_alloc(self.host_out.nbytes)
+            self.stream = cuda.Stream()
+            self.context = self.engine.create_execution_context()
+            self.context.set_tensor_address(INPUT_NAME, int(self.dev_in))
+            self.context.set_tensor_address(OUTPUT_NAME, int(self.dev_out))
+        self.preferred_batch: int | None = self.max_batch
 
     @classmethod
     def from_weights(
-        cls, weights: str | os.PathLike, img_size: int = 320, max_batch: int = 32, fp16: bool = True
+        cls,
+        weights: str | os.PathLike,
+        img_size: int = 320,
+        batch_size: int = 8,
+        fp16: bool = True,
+        build: bool = True,
     ) -> TensorRTBackend:
-        """Engine for an exported ONNX (or a checkpoint, exported first), through the cache."""
-        from yolov5face.backends.onnxruntime import read_model_info
-        from yolov5face.convert.engine_cache import EngineCache, default_cache_dir
-        from yolov5face.convert.onnx import cached_onnx
-        from yolov5face.convert.tensorrt import build_engine_onnx, engine_key
+        """The cached engine for an ONNX file (or a checkpoint, exported first); built when
+        missing only if `build` (the library and CLI; serving workers never build)."""
+        from yolov5face.convert.onnx import cached_onnx, read_onnx_info
+        from yolov5face.convert.tensorrt import prepare_engine
 
-        cache = EngineCache(default_cache_dir())
-        onnx_path = cached_onnx(weights, img_size)
-        import onnxruntime as ort  # reads the metadata only; no session is kept
-
-        info = read_model_info(
-            ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        )
-        key = engine_key(info.sha256, info.img_size, max_batch, fp16, "onnx")
-        path = cache.get_or_build(
-            key, lambda tmp: build_engine_onnx(onnx_path, tmp, max_batch=max_batch, fp16=fp16)
-        )
-        return cls({max_batch: path}, info)
+        path, _ = prepare_engine(weights, batch_size, fp16=fp16, img_size=img_size, build=build)
+        return cls(path, read_onnx_info(cached_onnx(weights, img_size)))
 
     def input_window(self, geometry: np.ndarray) -> Window | None:
         """Whole canvases only."""
         return None
 
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        import pycuda.driver as cuda
+
+        n = batch.shape[0]
+        with self.device.current():
+            self.host_in[:n] = batch
+            cuda.memcpy_htod_async(self.dev_in, self.host_in[:n], self.stream)
+            self.context.set_input_shape(self._in, batch.shape)
+            if not self.context.execute_async_v3(self.stream.handle):
+                raise RuntimeError("TensorRT execution failed")
+            cuda.memcpy_dtoh_async(self.host_out[:n], self.dev_out, self.stream)
+            self.stream.synchronize()
+            return self.host_out[:n].astype(np.float32, copy=True)
+
     def infer(self, batch: np.ndarray, window: Window | None = None) -> np.ndarray:
-        """Run a batch on the smallest engine that holds it (chunks beyond the largest)."""
+        """Run a batch (in chunks of the profile's largest batch)."""
         whole_canvases(self, window)
-        outs = []
-        for start in range(0, batch.shape[0], self.max_batch):
-            chunk = batch[start : start + self.max_batch]
-            size = next(b for b in self.engines if b >= chunk.shape[0])
-            outs.append(self.engines[size].run(chunk))
+        outs = [
+            self._run(batch[s : s + self.max_batch]) for s in range(0, len(batch), self.max_batch)
+        ]
         return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Run dummy batches on every engine."""
-        warmup_batches(self, tuple(sorted(set(batch_sizes) | set(self.engines))))
+        """Run dummy batches, the profile's largest among them."""
+        warmup_batches(self, tuple(sorted(set(batch_sizes) | {self.max_batch})))
 
     def describe(self) -> dict[str, Any]:
         """Engine facts."""
         return {
             "backend": self.name,
             "tensorrt": self.trt_version,
-            "engines": sorted(self.engines),
+            "engine": self.path.name,
+            "max_batch": self.max_batch,
+            "input": self.input_layout,
             "precision": "fp16 (engine)",
         }

@@ -1,7 +1,8 @@
 """TensorRT engine cache: one engine per (model, size, batch, precision, TensorRT, GPU) key.
 
-An engine only runs on the TensorRT version and GPU that built it, so it is built on first use
-at server start (never at image build time), reused afterwards, rebuilt when any key field
+An engine only runs on the TensorRT version and GPU that built it, so it is built on the
+serving host before TorchServe starts (`yolov5face serve`, the container entrypoint), never at
+image build time and never inside a worker; reused afterwards, rebuilt when any key field
 changes, and written atomically so a crash mid-build leaves no corrupt engine behind.
 """
 
@@ -26,16 +27,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineKey:
-    """Everything an engine depends on."""
+    """Everything an engine depends on: change any field and the engine is rebuilt."""
 
-    model_sha256: str
-    img_size: int
-    max_batch: int
+    source_sha256: str  # the exact ONNX file parsed (onnx) or checkpoint converted (torch2trt)
     precision: str  # "fp16" | "fp32"
+    profile: tuple[int, int, int]  # batch sizes (min, opt, max) of the optimisation profile
+    input_layout: str  # yolov5face/convert/uint8_input.py
     tensorrt_version: str
     gpu_name: str
     compute_capability: str  # e.g. "7.5"
-    method: str = "onnx"  # "onnx" (parser, dynamic batch) | "torch2trt" (fixed batch)
+    method: str = "onnx"  # "onnx" (TensorRT's ONNX parser) | "torch2trt"
+    builder: int = 1  # bumped when the build code changes what it builds from the same inputs
 
     def digest(self) -> str:
         """Stable short hash of all fields."""
@@ -45,11 +47,16 @@ class EngineKey:
     def filename(self) -> str:
         """A readable, unique engine file name."""
         gpu = "".join(c if c.isalnum() else "-" for c in self.gpu_name).strip("-").lower()
+        low, opt, high = self.profile
         return (
-            f"{self.model_sha256[:12]}-{self.img_size}-b{self.max_batch}-{self.precision}-"
-            f"{self.method}-trt{self.tensorrt_version}-{gpu}-sm{self.compute_capability}-"
+            f"{self.source_sha256[:12]}-b{low}-{opt}-{high}-{self.precision}-{self.method}-"
+            f"trt{self.tensorrt_version}-{gpu}-sm{self.compute_capability}-"
             f"{self.digest()[:8]}.engine"
         )
+
+    def to_json(self) -> dict:
+        """The key as recorded beside its engine (tuples as lists)."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 class EngineCache:
@@ -57,6 +64,7 @@ class EngineCache:
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
+        self.builds = 0  # engines this object built (a cache hit leaves it alone)
 
     def path(self, key: EngineKey) -> Path:
         """Where the engine for `key` lives."""
@@ -72,7 +80,7 @@ class EngineCache:
             recorded = json.loads(meta.read_text())
         except ValueError:
             return None
-        if recorded.get("key") != asdict(key) or recorded.get("size") != path.stat().st_size:
+        if recorded.get("key") != key.to_json() or recorded.get("size") != path.stat().st_size:
             logger.warning("engine cache entry %s does not match its record: rebuilding", path)
             return None
         return path
@@ -109,7 +117,13 @@ class EngineCache:
                 if size == 0:
                     raise RuntimeError("engine build produced an empty file")
                 os.replace(tmp, target)
-                meta = {"key": asdict(key), "size": size, "built_s": time.monotonic() - start}
+                self.builds += 1
+                meta = {
+                    "key": key.to_json(),
+                    "size": size,
+                    "built_s": round(time.monotonic() - start, 3),
+                    "built_by_pid": os.getpid(),
+                }
                 _atomic_write(target.with_suffix(".json"), json.dumps(meta, indent=1))
                 logger.warning("engine built in %.0f s: %s", meta["built_s"], target)
             finally:

@@ -127,3 +127,14 @@ def cached_onnx(
     if not path.exists():
         export_onnx(weights, path, img_size)
     return path
+
+
+def read_onnx_info(path: str | os.PathLike) -> ModelInfo:
+    """The ModelInfo recorded in an exported model's metadata (reads the file with onnx)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            return ModelInfo.from_json(entry.value)
+    raise ValueError(f"{path} has no yolov5face metadata: export it with `yolov5face export onnx`")

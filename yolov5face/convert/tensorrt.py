@@ -1,7 +1,9 @@
-"""Build TensorRT engines: through the ONNX parser (default) or torch2trt (fixed-batch buckets).
+"""Build TensorRT engines, once per host, before serving: ONNX parser (default) or torch2trt.
 
-Everything here imports TensorRT, pycuda, torch and torch2trt lazily; none of it is usable
-without an NVIDIA GPU and TensorRT, and none of it ran on the CPU-only development machines.
+Both routes build one engine with a dynamic batch profile (1, opt, max), where opt = max = the
+served batch size (TorchServe never sends more). The ONNX route builds from the uint8-input
+graph (yolov5face/convert/uint8_input.py); torch2trt takes float input. TensorRT, torch and
+torch2trt are imported lazily; the key, profile and cache logic run without them.
 """
 
 from __future__ import annotations
@@ -9,77 +11,103 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from yolov5face.convert.engine_cache import EngineCache, EngineKey
+from yolov5face.convert.engine_cache import EngineCache, EngineKey, default_cache_dir
+from yolov5face.convert.uint8_input import FLOAT_LAYOUT, UINT8_LAYOUT
 
 logger = logging.getLogger(__name__)
 
-BUCKETS = (1, 2, 4, 8, 16, 32)
 WORKSPACE_BYTES = 1 << 30
+METHODS = ("onnx", "torch2trt")
 
 
-def _trt_logger():
-    import tensorrt as trt
-
-    return trt.Logger(trt.Logger.WARNING)
+class EngineMissing(RuntimeError):
+    """No engine for this key in the cache, and this caller may not build one."""
 
 
-def gpu_identity() -> tuple[str, str]:
-    """(GPU name, compute capability) of device 0, via pycuda or torch."""
+@dataclass(frozen=True)
+class BuildTarget:
+    """The builder and device an engine is made for (part of its key)."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+
+
+def local_target() -> BuildTarget:
+    """This host's TensorRT version and first GPU, asked of the driver (no torch, no pycuda)."""
     try:
-        import pycuda.driver as cuda
+        import tensorrt as trt
+    except ImportError as exc:
+        raise RuntimeError(
+            "TensorRT is not installed: engines are built in the GPU image "
+            "(docker/Dockerfile.gpu) or where NVIDIA's tensorrt package is installed"
+        ) from exc
+    from yolov5face.backends.cuda_driver import gpus
 
-        cuda.init()
-        device = cuda.Device(0)
-        major, minor = device.compute_capability()
-        return device.name(), f"{major}.{minor}"
-    except ImportError:
-        import torch
+    found = gpus()
+    if not found:
+        raise RuntimeError("no CUDA device: a TensorRT engine needs an NVIDIA GPU and driver")
+    return BuildTarget(trt.__version__, found[0].name, found[0].compute_capability)
 
-        major, minor = torch.cuda.get_device_capability(0)
-        return torch.cuda.get_device_name(0), f"{major}.{minor}"
+
+def engine_profile(batch_size: int) -> tuple[int, int, int]:
+    """Batch sizes (min, opt, max) for a server whose batches hold at most `batch_size`."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    return 1, batch_size, batch_size
 
 
 def engine_key(
-    model_sha256: str, img_size: int, max_batch: int, fp16: bool, method: str = "onnx"
+    source: str | os.PathLike,
+    profile: tuple[int, int, int],
+    fp16: bool,
+    target: BuildTarget,
+    method: str = "onnx",
 ) -> EngineKey:
-    """The cache key of an engine for this model on this machine's GPU and TensorRT."""
-    import tensorrt as trt
+    """The cache key of the engine built from `source` (the float ONNX, or the checkpoint)."""
+    from yolov5face.model.checkpoint import sha256_file
 
-    name, capability = gpu_identity()
+    if method not in METHODS:
+        raise ValueError(f"unknown engine method {method!r}; choose from {', '.join(METHODS)}")
     return EngineKey(
-        model_sha256,
-        img_size,
-        max_batch,
-        "fp16" if fp16 else "fp32",
-        trt.__version__,
-        name,
-        capability,
-        method,
+        source_sha256=sha256_file(source),
+        precision="fp16" if fp16 else "fp32",
+        profile=tuple(profile),  # type: ignore[arg-type]
+        input_layout=UINT8_LAYOUT if method == "onnx" else FLOAT_LAYOUT,
+        tensorrt_version=target.tensorrt_version,
+        gpu_name=target.gpu_name,
+        compute_capability=target.compute_capability,
+        method=method,
     )
 
 
 def build_engine_onnx(
     onnx_path: str | os.PathLike,
     out: str | os.PathLike,
-    max_batch: int = 32,
+    profile: tuple[int, int, int],
     fp16: bool = True,
     workspace: int = WORKSPACE_BYTES,
 ) -> None:
-    """Parse the ONNX model and build one engine with a batch profile 1..max_batch."""
+    """Parse the uint8-input form of the ONNX model; build one engine for the batch profile."""
+    import onnx
     import tensorrt as trt
 
     from yolov5face.convert.onnx import INPUT_NAME
+    from yolov5face.convert.uint8_input import uint8_input_model
 
-    log = _trt_logger()
+    log = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(log)
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT < 10
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, log)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    model = uint8_input_model(onnx.load(str(onnx_path))).SerializeToString()
+    if not parser.parse(model):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
@@ -93,11 +121,10 @@ def build_engine_onnx(
         for i in range(network.num_inputs)
         if network.get_input(i).name == INPUT_NAME
     )
-    _, c, h, w = tensor.shape
-    profile = builder.create_optimization_profile()
-    opt = min(max(1, max_batch // 2), max_batch)
-    profile.set_shape(INPUT_NAME, (1, c, h, w), (opt, c, h, w), (max_batch, c, h, w))
-    config.add_optimization_profile(profile)
+    _, h, w, c = tensor.shape  # uint8 NHWC
+    trt_profile = builder.create_optimization_profile()
+    trt_profile.set_shape(INPUT_NAME, *[(b, h, w, c) for b in profile])
+    config.add_optimization_profile(trt_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT log above)")
@@ -107,73 +134,112 @@ def build_engine_onnx(
 def build_engine_torch2trt(
     weights: str | os.PathLike,
     out: str | os.PathLike,
-    batch: int,
+    profile: tuple[int, int, int],
     img_size: int = 320,
     fp16: bool = True,
-    module_out: str | os.PathLike | None = None,
 ) -> None:
-    """Convert the torch model with torch2trt for one fixed batch size; write its engine.
+    """Convert the torch model with torch2trt into one dynamic-batch engine; write it.
 
-    torch2trt's dynamic-batch support is limited, so this builds one engine per batch bucket.
-    The TRTModule is saved (state dict) and reloaded to check it round-trips; the serialized
-    engine is written to `out` so serving needs neither torch nor torch2trt.
+    Needs torch2trt with TensorRT 10 support (commit 4e820ae, docker/Dockerfile.gpu). The
+    channel shuffle gets this project's converter, which keeps the batch axis dynamic
+    (yolov5face/convert/torch2trt_converters.py). The engine takes float32 NCHW RGB input.
     """
+    import tensorrt as trt
     import torch
-    from torch2trt import TRTModule, torch2trt
+    from torch2trt import torch2trt
 
+    from yolov5face.convert.onnx import INPUT_NAME, OUTPUT_NAME
+    from yolov5face.convert.torch2trt_converters import register
     from yolov5face.model.checkpoint import load_model
 
+    register()
     model = load_model(weights).cuda().eval()
-    x = torch.rand(batch, 3, img_size, img_size, device="cuda")
+    shapes = [(b, 3, img_size, img_size) for b in profile]
+    x = torch.rand(*shapes[1], device="cuda")
     with torch.inference_mode():
         trt_model = torch2trt(
             model,
             [x],
             fp16_mode=fp16,
-            max_batch_size=batch,
-            max_workspace_size=WORKSPACE_BYTES,
-            input_names=["images"],
-            output_names=["predictions"],
+            min_shapes=[shapes[0]],
+            opt_shapes=[shapes[1]],
+            max_shapes=[shapes[2]],
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            log_level=trt.Logger.WARNING,
         )
-    if module_out is not None:
-        torch.save(trt_model.state_dict(), module_out)
-        reloaded = TRTModule()
-        reloaded.load_state_dict(torch.load(module_out, weights_only=True))
-        with torch.inference_mode():
-            diff = (reloaded(x).float() - model(x).float()).abs().max().item()
-        logger.info("torch2trt batch %d: max |trt - torch| = %.4f", batch, diff)
+        diff = (trt_model(x).float() - model(x).float()).abs().max().item()
+    logger.info("torch2trt engine: max |trt - torch| = %.4f at batch %d", diff, shapes[1][0])
     Path(out).write_bytes(bytes(trt_model.engine.serialize()))
 
 
-def bucket_for(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
-    """Smallest bucket that holds a batch of n (requests beyond the largest are chunked)."""
-    return next((b for b in buckets if b >= n), buckets[-1])
+Builder = Callable[[Path, Path, tuple[int, int, int], bool], None]
+
+
+def prepare_engine(
+    source: str | os.PathLike,
+    batch_size: int,
+    fp16: bool = True,
+    method: str = "onnx",
+    img_size: int = 320,
+    cache_dir: str | os.PathLike | None = None,
+    build: bool = True,
+    target: BuildTarget | None = None,
+    builder: Builder | None = None,
+) -> tuple[Path, EngineKey]:
+    """The engine for `source` (ONNX, or a checkpoint exported first) from the cache, built
+    when missing and `build` allows; EngineMissing otherwise.
+
+    The one function the server's pre-start step, `yolov5face export engine` and the workers
+    call, so all three compute the same key. `target` and `builder` default to this host's
+    TensorRT and GPU; a test can stand another runtime in for them.
+    """
+    from yolov5face.convert.onnx import cached_onnx
+
+    source = Path(source)
+    if method == "torch2trt" and source.suffix == ".onnx":
+        raise ValueError("torch2trt converts a checkpoint (.pt/.safetensors), not an ONNX file")
+    built_from = source if method == "torch2trt" else cached_onnx(source, img_size)
+    profile = engine_profile(batch_size)
+    key = engine_key(built_from, profile, fp16, target or local_target(), method)
+    cache = EngineCache(cache_dir if cache_dir is not None else default_cache_dir())
+    if not build:
+        found = cache.lookup(key)
+        if found is None:
+            raise EngineMissing(
+                f"no TensorRT engine for this model, batch size {batch_size}, GPU and TensorRT "
+                f"in {cache.directory} (expected {key.filename()}). `yolov5face serve` and the "
+                "container build it before TorchServe starts; by hand: yolov5face export engine "
+                f"--weights {source} --batch-size {batch_size} --out {cache.directory}"
+            )
+        return found, key
+    if builder is None:
+        if method == "onnx":
+            builder = build_engine_onnx
+        else:
+
+            def builder(src, out, prof, half):
+                build_engine_torch2trt(src, out, prof, img_size, half)
+
+    path = cache.get_or_build(key, lambda tmp: builder(built_from, tmp, profile, fp16))
+    return path, key
 
 
 def build_engine_cli(args: argparse.Namespace, weights: str | os.PathLike) -> dict:
-    """`yolov5face export engine`: build into the cache directory `--out`; returns the paths."""
-    from yolov5face.convert.onnx import cached_onnx
-    from yolov5face.model.checkpoint import sha256_file
+    """`yolov5face export engine`: build (or find) the engine in the cache directory `--out`."""
+    import time
 
-    cache = EngineCache(args.out)
-    sha = sha256_file(weights)
-    built: dict[str, str] = {}
-    if args.method == "onnx":
-        onnx_path = cached_onnx(weights, args.img_size, Path(args.out) / "onnx")
-        key = engine_key(sha, args.img_size, args.max_batch, args.fp16, "onnx")
-        path = cache.get_or_build(
-            key, lambda tmp: build_engine_onnx(onnx_path, tmp, args.max_batch, args.fp16)
-        )
-        built[str(args.max_batch)] = str(path)
-    else:
-        for batch in [b for b in BUCKETS if b <= args.max_batch]:
-            key = engine_key(sha, args.img_size, batch, args.fp16, "torch2trt")
-            module = Path(args.out) / f"torch2trt-b{batch}.pth"
-            path = cache.get_or_build(
-                key,
-                lambda tmp, b=batch, m=module: build_engine_torch2trt(
-                    weights, tmp, b, args.img_size, args.fp16, m
-                ),
-            )
-            built[str(batch)] = str(path)
-    return {"method": args.method, "engines": built}
+    start = time.monotonic()
+    path, key = prepare_engine(
+        weights,
+        batch_size=args.batch_size,
+        fp16=args.fp16,
+        method=args.method,
+        img_size=args.img_size,
+        cache_dir=args.out,
+    )
+    return {
+        "engine": str(path),
+        "key": key.to_json(),
+        "seconds": round(time.monotonic() - start, 1),
+    }

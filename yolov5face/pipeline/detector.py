@@ -12,7 +12,11 @@ import numpy as np
 
 from yolov5face.pipeline.decode import DEFAULT_MAX_PIXELS, ImageError, decode_with_size
 from yolov5face.pipeline.heads import Faces, decode_predictions, to_json_faces
-from yolov5face.pipeline.letterbox import letterbox_batch, letterbox_geometry
+from yolov5face.pipeline.letterbox import (
+    letterbox_batch,
+    letterbox_batch_uint8,
+    letterbox_geometry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +58,10 @@ class Detector:
         max_batch: int = 32,
         fast_decode: bool = False,
         band: bool | None = None,
+        build_engine: bool = True,
     ):
         from yolov5face.backends import create_backend
+        from yolov5face.backends.base import UINT8_LAYOUT, input_layout
         from yolov5face.paths import default_weights
 
         self.weights = weights if weights is not None else default_weights()
@@ -67,6 +73,7 @@ class Detector:
             device=device,
             max_batch=max_batch,
             band=band,
+            build_engine=build_engine,
         )
         self.info = self.backend.info
         if self.info.img_size != img_size:
@@ -82,6 +89,8 @@ class Detector:
         self.chunk = min(max_batch, self.backend.preferred_batch or max_batch)
         # Opt-in DCT-scaled JPEG decoding (default off: it keeps golden parity exact).
         self.decode_min_side = self.img_size if fast_decode else None
+        # A uint8-input model converts the canvas itself (yolov5face/convert/uint8_input.py).
+        self._uint8 = input_layout(self.backend) == UINT8_LAYOUT
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Warm the whole pipeline up (codec import, allocations, backend init) before traffic."""
@@ -109,7 +118,10 @@ class Detector:
                 letterbox_geometry([image.shape for image in chunk], self.img_size)
             )
             crop = None if window is None else (window.y0, window.y1, window.x0, window.x1)
-            batch, geometry = letterbox_batch(chunk, self.img_size, crop)
+            if self._uint8:
+                batch, geometry = letterbox_batch_uint8(chunk, self.img_size)
+            else:
+                batch, geometry = letterbox_batch(chunk, self.img_size, crop)
             if sizes is not None:
                 geometry[:, :2] = sizes[start : start + self.chunk]
             t1 = time.perf_counter()

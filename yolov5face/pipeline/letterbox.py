@@ -72,3 +72,29 @@ def letterbox_batch(
                 dtype=np.float32,
             )
     return batch, geometry
+
+
+def letterbox_batch_uint8(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """BGR uint8 images -> (B, S, S, 3) uint8 BGR canvases and their geometry rows.
+
+    For a model that converts pixels itself (yolov5face/convert/uint8_input.py): the same
+    resized content and padding as `letterbox_batch`, before its float conversion.
+    """
+    import cv2
+
+    for image in images:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"letterbox expects BGR images (H, W, 3), got shape {image.shape}")
+    geometry = letterbox_geometry([image.shape for image in images], size)
+    batch = np.empty((len(images), size, size, 3), np.uint8)
+    for k, image in enumerate(images):
+        w0, h0, w1, h1, left, top = (int(v) for v in geometry[k])
+        if (h1, w1) != (h0, w0):
+            image = cv2.resize(image, (w1, h1), interpolation=cv2.INTER_LINEAR)
+        out = batch[k]
+        out[:top] = PAD_VALUE
+        out[top + h1 :] = PAD_VALUE
+        out[top : top + h1, :left] = PAD_VALUE
+        out[top : top + h1, left + w1 :] = PAD_VALUE
+        out[top : top + h1, left : left + w1] = image
+    return batch, geometry

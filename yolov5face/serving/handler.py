@@ -13,6 +13,7 @@ from yolov5face import settings
 from yolov5face.pipeline.decode import ImageError
 from yolov5face.pipeline.detector import STAGES, Detector
 from yolov5face.serving.busy_board import usable_cores
+from yolov5face.serving.engines import served_backend, served_batch
 from yolov5face.serving.malloc_tuning import keep_freed_buffers
 from yolov5face.serving.split import BatchSplitter
 
@@ -116,15 +117,18 @@ class FaceDetectionHandler:
         )
         if config.get("reuse_freed_memory", True):
             keep_freed_buffers()
+        batch_size = int(context.system_properties.get("batch_size") or 1)
+        # The same backend check and batch size as serve's pre-start step (serving/engines.py):
+        # a TensorRT engine is looked up under that key and never built in a worker.
         self.detector = Detector(
             weights=onnx_files[0],
-            backend=settings.text("YOLOV5FACE_BACKEND", config.get("backend")),
+            backend=served_backend(settings.text("YOLOV5FACE_BACKEND", config.get("backend"))),
             threads=threads,
             max_pixels=int(config.get("max_pixels", 40_000_000)),
-            max_batch=int(config.get("max_batch", 32)),
+            max_batch=served_batch({"batchSize": batch_size, "handler": config}),
             fast_decode=_flag(config, "fast_decode", "YOLOV5FACE_FAST_DECODE"),
+            build_engine=False,
         )
-        batch_size = int(context.system_properties.get("batch_size") or 1)
         cores = usable_cores()
         split = _flag(config, "split_batches", "YOLOV5FACE_SPLIT_BATCHES")
         if split and cores > 1 and self.detector.backend.on_cpu:

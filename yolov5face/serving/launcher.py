@@ -346,13 +346,22 @@ def serve(
     ready_timeout: float = 300.0,
 ) -> int:
     """Build the archive if needed and run TorchServe until SIGINT/SIGTERM; returns exit code."""
-    from yolov5face.serving.archive import build_archive
+    from yolov5face.serving.archive import build_archive, model_config
+    from yolov5face.serving.engines import pre_start, served_backend
 
     check_java()
     verify_weights(weights)
-    build_archive(weights, model_store)
+    try:
+        served_backend()  # refused before any archive is built
+    except ValueError as exc:
+        raise ServeError(str(exc)) from exc
+    mar = build_archive(weights, model_store)
+    try:  # the TensorRT engine is built here, before any worker starts (serving/engines.py)
+        backend_env = pre_start(mar, model_config())
+    except (ValueError, RuntimeError) as exc:
+        raise ServeError(str(exc)) from exc
     run_dir = Path(run_dir or ".serve").resolve()
-    env = torchserve_env(run_dir)
+    env = {**torchserve_env(run_dir), **backend_env}
     cmd = torchserve_command(model_store, config)
     logger.info("starting TorchServe: %s", " ".join(cmd))
     url = management_url(config)

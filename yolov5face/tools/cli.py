@@ -33,7 +33,7 @@ The last stdout line is {"easy": AP, "medium": AP, "hard": AP} (percent)."""
 
 _EXPORT_EXAMPLES = """examples:
   yolov5face export onnx --weights weights/yolov5n-0.5.pt --out model.onnx
-  yolov5face export engine --method onnx --fp16 --max-batch 32 --out engines/"""
+  yolov5face export engine --weights model-store/fd1.onnx --batch-size 8 --out engines/"""
 
 
 def _add_model_args(p: argparse.ArgumentParser, conf: float) -> None:
@@ -152,7 +152,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return EXIT_OK
     from yolov5face.convert.tensorrt import build_engine_cli
 
-    print(json.dumps(build_engine_cli(args, weights)))
+    try:
+        print(json.dumps(build_engine_cli(args, weights)))
+    except RuntimeError as exc:  # no TensorRT or GPU here, or the build itself failed
+        logger.error("%s", exc)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -268,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=_cmd_export)
     x = xsub.add_parser(
         "engine",
-        help="TensorRT engine(s) into a cache directory (GPU only)",
+        help="TensorRT engine into the engine cache (GPU only)",
         epilog=_EXPORT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -277,13 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=("onnx", "torch2trt"),
         default="onnx",
-        help="onnx: one engine, batch profile 1..max (default); "
-        "torch2trt: one fixed-batch engine per bucket 1,2,4,..,max",
+        help="onnx: TensorRT's ONNX parser, uint8 input (default; what serving uses); "
+        "torch2trt: converted from the checkpoint, float input",
     )
     x.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True)
-    x.add_argument("--max-batch", type=int, default=32)
+    x.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="largest batch (the server's batch size): profile 1..N, tuned for N (default 8)",
+    )
     x.add_argument("--img-size", type=int, default=320)
-    x.add_argument("--out", required=True, help="engine cache directory")
+    x.add_argument(
+        "--out",
+        help="engine cache directory (default: the server's, $YOLOV5FACE_ENGINE_CACHE)",
+    )
     x.set_defaults(func=_cmd_export)
 
     store_default = str(settings.path("YOLOV5FACE_MODEL_STORE"))
