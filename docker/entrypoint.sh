@@ -16,9 +16,9 @@
 #      YOLOV5FACE_CONFIG names another file (then passed as --config).
 #
 # TensorRT engine: `yolov5face serve` builds (or reuses) the engine in
-# $YOLOV5FACE_ENGINE_CACHE when a worker starts. If the build fails it logs
-# the failure loudly and falls back to ONNX Runtime (CUDA execution provider
-# when present, else CPU); this script does not handle that case itself.
+# $YOLOV5FACE_ENGINE_CACHE before TorchServe starts; workers only load it. If
+# the build fails, serve exits 1 (so does this script), unless
+# YOLOV5FACE_GPU_FALLBACK=1: then it serves with ONNX Runtime, logged loudly.
 #
 # Exit codes of its own checks: 2 weights missing/unreadable, 3 GPU required
 # but not visible, 4 a state folder is not writable, 1 bad settings.
