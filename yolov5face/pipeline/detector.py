@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from yolov5face.pipeline.decode import DEFAULT_MAX_PIXELS, ImageError, decode_with_size
-from yolov5face.pipeline.heads import Faces, decode_predictions, to_json_faces
+from yolov5face.pipeline.heads import Faces, decode_predictions, to_json_faces, to_pixels
 from yolov5face.pipeline.letterbox import (
     letterbox_batch,
     letterbox_batch_uint8,
     letterbox_geometry,
 )
+from yolov5face.pipeline.options import DEFAULT, Options, select
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,24 @@ class Detection:
 
     faces: Faces
     geometry: np.ndarray  # [w0, h0, w1, h1, padw, padh]
+    image: np.ndarray | None = None  # the decoded BGR image, kept only when crops are asked for
 
-    def to_json(self) -> list[dict]:
-        """The reference response body (list of face dicts)."""
-        return to_json_faces(self.faces, self.geometry)
+    def to_json(self, options: Options = DEFAULT) -> list[dict]:
+        """The response body (list of face dicts), after the request's options."""
+        faces = select(self.faces, self.geometry, options)
+        out = to_json_faces(faces, self.geometry)
+        if options.crops and len(faces):
+            from yolov5face.pipeline.align import aligned_crops, encode_crop
+
+            if self.image is None:
+                raise ValueError("crops need the decoded image: detect with the crops option")
+            _, marks = to_pixels(faces, self.geometry)
+            # A reduced-scale decode (fast_decode) holds fewer pixels than the original.
+            h, w = self.image.shape[:2]
+            marks = marks * np.tile([w / self.geometry[0], h / self.geometry[1]], 5)
+            for face, crop in zip(out, aligned_crops(self.image, marks, options.crops)):
+                face["crop"] = encode_crop(crop, options.crop_format, options.crop_quality)
+        return out
 
 
 class Detector:
@@ -149,9 +164,15 @@ class Detector:
         return out
 
     def detect_raw(
-        self, blobs: Sequence[bytes | bytearray | memoryview], timings: dict | None = None
+        self,
+        blobs: Sequence[bytes | bytearray | memoryview],
+        timings: dict | None = None,
+        keep_images: bool = False,
     ) -> list[Detection | ImageError]:
-        """Image bytes -> Detection per image, or the ImageError that image raised."""
+        """Image bytes -> Detection per image, or the ImageError that image raised.
+
+        `keep_images` keeps each decoded image on its Detection (for aligned crops).
+        """
         t0 = time.perf_counter()
         results: list[Detection | ImageError] = []
         images, sizes, slots = [], [], []
@@ -166,17 +187,29 @@ class Detector:
                 results.append(exc)
         if timings is not None:
             timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
-        for k, detection in zip(slots, self.detect_images(images, timings, sizes)):
+        for k, image, detection in zip(slots, images, self.detect_images(images, timings, sizes)):
+            detection.image = image if keep_images else None
             results[k] = detection
         return results
 
     def detect(
-        self, blobs: Sequence[bytes | bytearray | memoryview], timings: dict | None = None
+        self,
+        blobs: Sequence[bytes | bytearray | memoryview],
+        timings: dict | None = None,
+        options: Options | Sequence[Options] | None = None,
     ) -> list[list[dict] | ImageError]:
-        """Image bytes -> the JSON face list per image, or the ImageError for a bad one."""
-        results = self.detect_raw(blobs, timings)
+        """Image bytes -> the JSON face list per image, or the ImageError for a bad one.
+
+        `options`: one Options for every image, or one per image (a server batch); they apply
+        after the shared network pass (yolov5face/pipeline/options.py).
+        """
+        if options is None or isinstance(options, Options):
+            per_image = [options or DEFAULT] * len(blobs)
+        else:
+            per_image = list(options)
+        results = self.detect_raw(blobs, timings, any(o.crops for o in per_image))
         t0 = time.perf_counter()
-        out = [r if isinstance(r, ImageError) else r.to_json() for r in results]
+        out = [r if isinstance(r, ImageError) else r.to_json(o) for r, o in zip(results, per_image)]
         if timings is not None:
             timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t0
         return out

@@ -23,6 +23,7 @@ _DETECT_EXAMPLES = """examples:
   yolov5face detect imgs/*.jpg --draw out/         # also write annotated copies
   yolov5face detect a.jpg --backend torch --conf 0.5
   yolov5face detect --url http://127.0.0.1:8080 a.jpg   # ask a running server instead
+  yolov5face detect group.jpg --max-faces 5 --crops crops/   # 112x112 aligned face crops
 
 exit codes: 0 all images processed, 1 some input was not a readable image, 2 usage error"""
 
@@ -34,6 +35,9 @@ The last stdout line is {"easy": AP, "medium": AP, "hard": AP} (percent)."""
 _EXPORT_EXAMPLES = """examples:
   yolov5face export onnx --weights weights/yolov5n-0.5.pt --out model.onnx
   yolov5face export engine --weights model-store/fd1.onnx --batch-size 8 --out engines/"""
+
+
+DEFAULT_CONF = 0.3  # the serving convention's score threshold
 
 
 def _add_model_args(p: argparse.ArgumentParser, conf: float) -> None:
@@ -83,14 +87,20 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         except OSError as exc:
             blobs.append(ImageError(f"cannot read file: {exc.strerror or exc}"))
     readable = [b for b in blobs if isinstance(b, bytes)]
+    params = _request_options(args)
     if args.url:
         from yolov5face.tools.client import Client
 
+        if args.conf != DEFAULT_CONF:  # the server's threshold is its own; a request can raise it
+            params["conf"] = args.conf
         with Client(args.url) as client:
-            answers = iter(client.detect_many(readable))
+            answers = iter(client.detect_many(readable, params, decode=False))
     else:
+        from yolov5face.pipeline.options import parse_options
+
         detector = _detector(args)
-        answers = iter(detector.detect_raw(readable))
+        options = parse_options(params, threshold=detector.conf)
+        answers = iter(detector.detect_raw(readable, keep_images=bool(options.crops)))
     result, failed = {}, False
     for name, blob in zip(args.images, blobs):
         answer = blob if isinstance(blob, ImageError) else next(answers)
@@ -98,15 +108,40 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             result[name] = {"error": str(answer)}
             failed = True
             continue
-        if args.url:
-            result[name] = answer
-            continue
-        result[name] = answer.to_json()
-        if args.draw:
+        faces = answer if args.url else answer.to_json(options)
+        if args.crops:
+            _write_crops(name, faces, Path(args.crops), args.crop_format)
+        result[name] = faces
+        if args.draw and not args.url:
             _draw(name, blob, answer, Path(args.draw))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _request_options(args: argparse.Namespace) -> dict[str, object]:
+    """The per-request options the detect flags ask for (yolov5face/pipeline/options.py)."""
+    params: dict[str, object] = {}
+    if args.max_faces is not None:
+        params["max_faces"] = args.max_faces
+    if args.min_size is not None:
+        params["min_size"] = args.min_size
+    if args.crops:
+        params.update(crops=args.crop_size, crop_format=args.crop_format)
+    return params
+
+
+def _write_crops(name: str, faces: list[dict], out_dir: Path, fmt: str) -> None:
+    """Write each face's crop to DIR/<image stem>_<face index>.<ext>; the JSON names the file."""
+    import base64
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ext = "png" if fmt == "png" else "jpg"
+    for k, face in enumerate(faces):
+        target = out_dir / f"{Path(name).stem}_{k}.{ext}"
+        target.write_bytes(base64.b64decode(face.pop("crop")))
+        face["crop_file"] = str(target)
+    logger.info("wrote %d crops of %s to %s", len(faces), name, out_dir)
 
 
 def _draw(name: str, blob: bytes, detection, out_dir: Path) -> None:
@@ -234,9 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    _add_model_args(p, conf=0.3)
+    _add_model_args(p, conf=DEFAULT_CONF)
     p.add_argument("--draw", metavar="DIR", help="write annotated copies of the images to DIR")
     p.add_argument("--url", help="send the images to a running server instead of running locally")
+    p.add_argument("--max-faces", type=int, help="keep the N highest-scoring faces")
+    p.add_argument("--min-size", type=float, help="drop faces whose shorter side is below N px")
+    p.add_argument(
+        "--crops",
+        metavar="DIR",
+        help="write each face aligned to the ArcFace template to DIR/<image>_<face>.jpg",
+    )
+    p.add_argument("--crop-size", type=int, default=112, help="crop side in px (default 112)")
+    p.add_argument("--crop-format", choices=("jpeg", "png"), default="jpeg")
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser(

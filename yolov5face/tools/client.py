@@ -8,7 +8,7 @@ import logging
 import subprocess
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -38,6 +38,22 @@ def _parse(status: int, body: bytes) -> list[dict]:
     raise ServerError(status, message or body[:200].decode(errors="replace"))
 
 
+Params = Mapping[str, Any] | None  # per-request options: conf, max_faces, min_size, crops, ...
+
+
+def _query(options: Params) -> dict[str, str]:
+    return {k: str(v) for k, v in (options or {}).items()}
+
+
+def _decoded(faces: list[dict]) -> list[dict]:
+    """Faces with each base64 `crop` decoded to a BGR array (numpy, OpenCV)."""
+    if not any("crop" in face for face in faces):
+        return faces
+    from yolov5face.pipeline.align import decode_crop
+
+    return [{**f, "crop": decode_crop(f["crop"])} if "crop" in f else f for f in faces]
+
+
 def _predictions_url(url: str, model: str) -> str:
     url = url.rstrip("/")
     return url if "/predictions/" in url else f"{url}/predictions/{model}"
@@ -61,17 +77,24 @@ class Client:
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def detect(self, image: bytes) -> list[dict]:
-        """Faces of one image; raises ServerError on an error answer."""
-        resp = self.session.put(self.url, data=image, timeout=self.timeout)
-        return _parse(resp.status_code, resp.content)
+    def detect(self, image: bytes, options: Params = None, decode: bool = True) -> list[dict]:
+        """Faces of one image; raises ServerError on an error answer.
 
-    def detect_many(self, images: Sequence[bytes]) -> list[list[dict] | ServerError]:
+        `options` go in the query string (`{"crops": 112, "max_faces": 5}`); crops come back
+        decoded to BGR arrays unless `decode` is false.
+        """
+        resp = self.session.put(self.url, data=image, params=_query(options), timeout=self.timeout)
+        faces = _parse(resp.status_code, resp.content)
+        return _decoded(faces) if decode else faces
+
+    def detect_many(
+        self, images: Sequence[bytes], options: Params = None, decode: bool = True
+    ) -> list[list[dict] | ServerError]:
         """Faces per image, or the ServerError for that image."""
         out: list[list[dict] | ServerError] = []
         for image in images:
             try:
-                out.append(self.detect(image))
+                out.append(self.detect(image, options, decode))
             except ServerError as exc:
                 out.append(exc)
         return out
@@ -117,11 +140,14 @@ class AsyncClient:
     async def __aexit__(self, *exc: Any) -> None:
         await self._session.close()
 
-    async def detect(self, image: bytes) -> list[dict]:
+    async def detect(self, image: bytes, options: Params = None, decode: bool = True) -> list[dict]:
         """Faces of one image; raises ServerError on an error answer."""
         headers = {"Content-Type": "application/octet-stream"}
-        async with self._session.put(self.url, data=image, headers=headers) as resp:
-            return _parse(resp.status, await resp.read())
+        async with self._session.put(
+            self.url, data=image, headers=headers, params=_query(options)
+        ) as resp:
+            faces = _parse(resp.status, await resp.read())
+        return _decoded(faces) if decode else faces
 
 
 def grpc_modules(cache: Path | None = None) -> tuple[ModuleType, ModuleType]:
@@ -184,17 +210,19 @@ class GrpcClient:
 
         return self.stub.Ping(empty_pb2.Empty(), timeout=self.timeout).health
 
-    def detect(self, image: bytes) -> list[dict]:
-        """Faces of one image; raises ServerError (status 0) on an error answer."""
+    def detect(self, image: bytes, options: Params = None, decode: bool = True) -> list[dict]:
+        """Faces of one image (options as extra input keys); raises ServerError (status 0)."""
         import grpc
 
-        request = self._pb2.PredictionsRequest(model_name=self.model, input={"data": image})
+        inputs = {"data": image, **{k: v.encode() for k, v in _query(options).items()}}
+        request = self._pb2.PredictionsRequest(model_name=self.model, input=inputs)
         try:
             resp = self.stub.Predictions(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise ServerError(0, f"{exc.code().name}: {exc.details()}") from None
         # Per-request 400s inside a batch are not carried over gRPC: read the body instead.
-        return _parse(0, resp.prediction)
+        faces = _parse(0, resp.prediction)
+        return _decoded(faces) if decode else faces
 
     def close(self) -> None:
         """Close the channel."""

@@ -1,0 +1,72 @@
+"""What per-request options cost: CPU time per request with and without aligned crops.
+
+    python -m yolov5face.lab.crops_bench [--rounds 40]
+
+In process, one request at a time (the handler's work without TorchServe), on zidane.jpg (2
+faces) and test.jpg (67 faces); the variants interleave round by round so drift hits them
+alike. CPU time of this process (time.process_time) per request; JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "default": {},
+    "pre-options path": None,  # detect_raw + to_json_faces: what `detect` did before options
+    "max_faces=5": {"max_faces": "5"},
+    "crops=112": {"crops": "112"},
+    "crops=112&max_faces=5": {"crops": "112", "max_faces": "5"},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; JSON on stdout."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args(argv)
+
+    from yolov5face.paths import shared_dir
+    from yolov5face.pipeline.detector import Detector
+    from yolov5face.pipeline.heads import to_json_faces
+    from yolov5face.pipeline.options import parse_options
+
+    def before(blob: bytes) -> list:
+        return [to_json_faces(d.faces, d.geometry) for d in detector.detect_raw([blob])]
+
+    shared = shared_dir() or Path("../shared")
+    detector = Detector(threads=1)
+    detector.warmup()
+    report: dict = {"rounds": args.rounds, "images": {}}
+    for name in ("zidane.jpg", "test.jpg"):
+        blob = (shared / "images" / name).read_bytes()
+        options = {v: parse_options(p) for v, p in VARIANTS.items() if p is not None}
+        faces = {v: len(detector.detect([blob], options=o)[0]) for v, o in options.items()}
+        cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for _ in range(args.rounds):
+            for variant in VARIANTS:
+                start = time.process_time()
+                if variant in options:
+                    detector.detect([blob], options=options[variant])
+                else:
+                    before(blob)
+                cpu[variant].append(time.process_time() - start)
+        base = statistics.median(cpu["default"])
+        crop_extra = statistics.median(cpu["crops=112"]) - base
+        report["images"][name] = {
+            "faces": faces,
+            "cpu_ms": {v: round(statistics.median(t) * 1e3, 2) for v, t in cpu.items()},
+            "ratio_to_default": {v: round(statistics.median(t) / base, 3) for v, t in cpu.items()},
+            "crop_ms_per_face": round(crop_extra * 1e3 / max(faces["crops=112"], 1), 3),
+        }
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
