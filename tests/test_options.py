@@ -215,3 +215,16 @@ def test_cli_writes_crops_named_after_image_and_face(tmp_path, images, weights):
         cmd + ["--crops", str(out), "--crop-size", "8"], capture_output=True, text=True, env=env
     )
     assert bad.returncode == 2 and "option crops: 8 is outside" in bad.stderr and not bad.stdout
+
+
+def test_split_batches_keep_each_requests_options(detector, photos, tmp_path):
+    """The CPU batch splitter runs parts on threads; each request keeps its own options."""
+    from yolov5face.serving.split import BatchSplitter
+
+    blobs = [photos["test.jpg"], photos["zidane.jpg"], photos["test.jpg"], photos["bus.jpg"]]
+    options = [Options(max_faces=2), Options(), Options(crops=112), Options(conf=0.7)]
+    split = BatchSplitter(detector, tmp_path / "board", cores=2).detect_parts(
+        blobs, 2, None, options
+    )
+    assert split == detector.detect(blobs, options=options)
+    assert len(split[0]) == 2 and "crop" in split[2][0] and "crop" not in split[1][0]

@@ -15,6 +15,7 @@ import numpy as np
 
 from yolov5face.pipeline.decode import ImageError
 from yolov5face.pipeline.detector import Detector, warmup_image
+from yolov5face.pipeline.options import Options
 from yolov5face.serving.busy_board import BusyBoard
 
 Blob = bytes | bytearray | memoryview
@@ -38,27 +39,41 @@ class BatchSplitter:
         self._pool = ThreadPoolExecutor(max(1, cores - 1), thread_name_prefix="detect")
 
     def detect(
-        self, blobs: Sequence[Blob], timings: dict | None = None
+        self,
+        blobs: Sequence[Blob],
+        timings: dict | None = None,
+        options: Sequence[Options] | None = None,
     ) -> tuple[list[list[dict] | ImageError], int]:
         """Answers in request order, and the number of parts the batch ran in."""
         with self.board.busy():
             parts = min(len(blobs), max(1, self.cores - self.board.others_busy()))
-            return self.detect_parts(blobs, parts, timings), parts
+            return self.detect_parts(blobs, parts, timings, options), parts
 
     def detect_parts(
-        self, blobs: Sequence[Blob], parts: int, timings: dict | None = None
+        self,
+        blobs: Sequence[Blob],
+        parts: int,
+        timings: dict | None = None,
+        options: Sequence[Options] | None = None,
     ) -> list[list[dict] | ImageError]:
-        """Answers in request order, computed in `parts` slices on parallel threads."""
+        """Answers in request order, computed in `parts` slices on parallel threads.
+
+        `options`: one per blob (yolov5face/pipeline/options.py), or None for the default.
+        """
         bounds = split_bounds(len(blobs), min(parts, self.cores))
         if len(bounds) <= 1:
-            return self.detector.detect(blobs, timings)
+            return self.detector.detect(blobs, timings, options)
+
+        def part(a: int, b: int) -> list[Options] | None:
+            return None if options is None else list(options[a:b])
+
         part_timings: list[dict] = [{} for _ in bounds]
         futures = [
-            self._pool.submit(self.detector.detect, blobs[a:b], t)
+            self._pool.submit(self.detector.detect, blobs[a:b], t, part(a, b))
             for (a, b), t in zip(bounds[1:], part_timings[1:])
         ]
         a, b = bounds[0]
-        out = self.detector.detect(blobs[a:b], part_timings[0])
+        out = self.detector.detect(blobs[a:b], part_timings[0], part(a, b))
         for future in futures:
             out.extend(future.result())
         if timings is not None:
