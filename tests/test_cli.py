@@ -4,8 +4,7 @@ import json
 import os
 import subprocess
 import sys
-
-import pytest
+from pathlib import Path
 
 
 def run(*args, env=None, check_rc=None):
@@ -59,17 +58,45 @@ def test_detect_all_good_exits_zero(images, weights):
     assert len(json.loads(proc.stdout)[str(images / "zidane.jpg")]) == 2
 
 
-def test_missing_weights_says_how_to_get_them(images, tmp_path):
-    env = {"YOLOV5FACE_WEIGHTS": "", "YOLOV5FACE_DATA": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "yolov5face", "detect", str(images / "zidane.jpg")],
+def run_outside(tmp_path, *args, env=None):
+    """`python -m yolov5face` from a copy of the package outside any checkout, run in tmp_path.
+
+    The copy has no checkout around it (no weights/ beside it, no ../shared), so the weights
+    search finds nothing unless the environment says where they are.
+    """
+    import shutil
+
+    from yolov5face import paths
+
+    copy = tmp_path / "pkg"
+    if not copy.is_dir():
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(Path(paths.__file__).parent, copy / "yolov5face", ignore=ignore)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("YOLOV5FACE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "yolov5face", *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         timeout=120,
-        env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)},
+        env={**clean, "PYTHONPATH": str(copy), **(env or {})},
     )
-    if "no weights found" not in proc.stderr:
-        pytest.skip("a weights/ copy exists in the repository checkout")
-    assert proc.returncode == 2
+
+
+def test_missing_weights_says_how_to_get_them(images, tmp_path):
+    proc = run_outside(tmp_path, "detect", str(images / "zidane.jpg"))
+    assert proc.returncode == 2, proc.stderr
+    assert "no weights found" in proc.stderr, proc.stderr
     assert "YOLOV5FACE_WEIGHTS" in proc.stderr and "weights/README.md" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_weights_env_to_a_missing_file_is_named(images, tmp_path):
+    missing = tmp_path / "nowhere" / "yolov5n-0.5.pt"
+    env = {"YOLOV5FACE_WEIGHTS": str(missing)}
+    proc = run_outside(tmp_path, "detect", str(images / "zidane.jpg"), env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert f"YOLOV5FACE_WEIGHTS points to {missing}, which does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
