@@ -695,15 +695,24 @@ def kserve_validator() -> Any:
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
-def load_isvc() -> dict[str, Any]:
-    docs = load_yaml_docs(KSERVE_DIR / "inferenceservice.yaml")
+KSERVE_VARIANTS = {"gpu": "inferenceservice.yaml", "cpu": "inferenceservice-cpu.yaml"}
+PACKAGED_CONFIG = ROOT / "yolov5face" / "serving" / "config" / "config.properties"
+
+
+def load_isvc(kind: str = "gpu") -> dict[str, Any]:
+    docs = load_yaml_docs(KSERVE_DIR / KSERVE_VARIANTS[kind])
     assert len(docs) == 1
     return docs[0]
 
 
-def test_kserve_inferenceservice_matches_schema_subset() -> None:
+def test_kserve_dir_holds_only_the_variants() -> None:
+    assert sorted(p.name for p in KSERVE_DIR.iterdir()) == sorted(KSERVE_VARIANTS.values())
+
+
+@pytest.mark.parametrize("kind", KSERVE_VARIANTS)
+def test_kserve_inferenceservice_matches_schema_subset(kind: str) -> None:
     validator = kserve_validator()
-    errors = list(validator.iter_errors(load_isvc()))
+    errors = list(validator.iter_errors(load_isvc(kind)))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
 
 
@@ -711,18 +720,63 @@ def test_kserve_schema_subset_is_effective() -> None:
     validator = kserve_validator()
     bad = load_isvc()
     bad["spec"]["predictor"]["scaleMetrc"] = "concurrency"
-    bad["spec"]["predictor"]["pytorch"]["protocolVersion"] = "v3"
-    bad["spec"]["predictor"]["pytorch"]["resources"]["limit"] = {}
+    bad["spec"]["predictor"]["containers"][0]["readinessProbe"]["exec"]["comand"] = ["x"]
+    bad["spec"]["predictor"]["containers"][0]["resources"]["limit"] = {}
     assert len(list(validator.iter_errors(bad))) >= 3
 
 
-def test_kserve_predictor_settings() -> None:
-    isvc = load_isvc()
+def _torchserve_props(path: Path = PACKAGED_CONFIG) -> dict[str, str]:
+    parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string("[ts]\n" + path.read_text(encoding="utf-8"))
+    return dict(parser["ts"])
+
+
+@pytest.mark.parametrize("kind", KSERVE_VARIANTS)
+def test_kserve_predictor_runs_our_image(kind: str) -> None:
+    """Our image as the predictor container, TorchServe's envelope set, probes on `ready`."""
+    from yolov5face import settings
+
+    isvc = load_isvc(kind)
     predictor = isvc["spec"]["predictor"]
-    torchserve = predictor["pytorch"]
-    assert torchserve["protocolVersion"] == "v1"
-    assert re.match(r"^(s3|gs|pvc|https?)://", torchserve["storageUri"])
-    assert str(torchserve["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    assert not {"pytorch", "model"} & set(predictor), "the stock runtime cannot load fd1"
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["image"].endswith(f"/yolov5face:{kind}"), container["image"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    # The envelope, which handles one request per TorchServe batch (tests/test_kserve.py).
+    assert env["TS_SERVICE_ENVELOPE"] in ("kserve", "kservev2")
+    assert env["YOLOV5FACE_BATCH_SIZE"] == "1"
+    unknown = [n for n in env if n.startswith("YOLOV5FACE_") and n not in settings.BY_NAME]
+    assert not unknown, f"not in the settings table: {unknown}"
+    assert env["YOLOV5FACE_WEIGHTS"].startswith("/mnt/models/") and "STORAGE_URI" in env
+    # Knative publishes one port: the packaged config's inference port; management stays on
+    # loopback and the envelope comes from the environment (enable_envvars_config).
+    props = _torchserve_props()
+    assert [p["containerPort"] for p in container["ports"]] == [
+        int(props["inference_address"].rsplit(":", 1)[1])
+    ]
+    assert props["management_address"].startswith("http://127.0.0.1:")
+    assert props["enable_envvars_config"] == "true" and "service_envelope" not in props
+    assert props["allowed_urls"] == "(?!)" and props["use_env_allowed_urls"] == "false"
+    for name in ("readinessProbe", "livenessProbe"):
+        probe = container[name]
+        assert set(probe) & {"httpGet", "tcpSocket", "grpc"} == set(), name
+        assert probe["exec"]["command"][:2] == ["yolov5face", "ready"], name
+    assert "--live" in container["livenessProbe"]["exec"]["command"]
+    assert "--live" not in container["readinessProbe"]["exec"]["command"]
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    gpus = container["resources"]["limits"].get("nvidia.com/gpu")
+    assert (str(gpus) == "1") if kind == "gpu" else gpus is None
+    assert (env.get("YOLOV5FACE_REQUIRE_GPU") == "1") == (kind == "gpu")
+
+
+@pytest.mark.parametrize("kind", KSERVE_VARIANTS)
+def test_kserve_predictor_settings(kind: str) -> None:
+    isvc = load_isvc(kind)
+    predictor = isvc["spec"]["predictor"]
     assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
     assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] >= 1
     mode = (
@@ -731,26 +785,6 @@ def test_kserve_predictor_settings() -> None:
         .get("serving.kserve.io/deploymentMode", "Serverless")
     )
     assert mode == "Serverless", "concurrency autoscaling needs Knative (Serverless mode)"
-
-
-def test_kserve_torchserve_config() -> None:
-    """The config uploaded as <storageUri>/config/config.properties."""
-    text = (KSERVE_DIR / "config" / "config.properties").read_text(encoding="utf-8")
-    parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string("[ts]\n" + text)
-    props = dict(parser["ts"])
-    assert props["model_store"] == "/mnt/models/model-store"
-    assert props["service_envelope"] == "kserve"
-    assert props["enable_model_api"] == "false"
-    # POST /workflows is not covered by enable_model_api: no URL may be admitted at all.
-    assert props["allowed_urls"] == "(?!)"
-    assert props["use_env_allowed_urls"] == "false"
-    snapshot = json.loads(props["model_snapshot"])
-    assert snapshot["modelCount"] == 1
-    fd1 = snapshot["models"]["fd1"]
-    version = next(iter(fd1.values()))
-    assert version["marName"] == "fd1.mar"
 
 
 # --------------------------------------------------------------------------

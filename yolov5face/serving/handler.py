@@ -15,30 +15,25 @@ from yolov5face.pipeline.detector import STAGES, Detector
 from yolov5face.serving.busy_board import usable_cores
 from yolov5face.serving.engines import served_backend, served_batch
 from yolov5face.serving.malloc_tuning import keep_freed_buffers
+from yolov5face.serving.requests import (
+    RAW,
+    V1,
+    Request,
+    RequestError,
+    answer_v1,
+    answer_v2,
+    envelope_item,
+    error_body,
+    is_envelope_row,
+    parse_request,
+    request_bytes,
+    v2_element,
+)
 from yolov5face.serving.split import BatchSplitter
 
 logger = logging.getLogger(__name__)
 
-# Field names real clients use: raw body ("body"), gRPC input key and form field ("data"),
-# and common multipart field names.
-_BODY_KEYS = ("body", "data", "file", "image")
-
-
-def request_bytes(row: Any) -> bytes:
-    """The image bytes of one request row (raw body, gRPC `data` or a multipart field)."""
-    if isinstance(row, (bytes, bytearray)):
-        return bytes(row)
-    if not isinstance(row, dict):
-        raise ImageError("unexpected request shape")
-    value = next((row[k] for k in _BODY_KEYS if row.get(k) is not None), None)
-    if value is None:
-        value = next((v for v in row.values() if isinstance(v, (bytes, bytearray))), b"")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    raise ImageError(
-        "expected raw image bytes; send the image with no Content-Type or "
-        "application/octet-stream / image/jpeg"
-    )
+__all__ = ["FaceDetectionHandler", "handle", "request_bytes"]
 
 
 def _flag(config: dict, key: str, env: str) -> bool:
@@ -163,17 +158,10 @@ class FaceDetectionHandler:
         counts = {"Images": images, "BadImages": bad, "Batches": 1, "SplitBatches": int(split)}
         self.metrics.add({**values, **counts})
 
-    def handle(self, data: list, context: Any) -> list[bytes]:
-        """One TorchServe batch -> one JSON body per request; bad ones get their own 400."""
+    def _detect(self, images: list[bytes | ImageError]) -> tuple[list[Any], dict, int]:
+        """Faces (or the error) per image, with the stage timings and the split count."""
         assert self.detector is not None, "handler used before initialize()"
-        start = time.perf_counter()
-        blobs: list[bytes | ImageError] = []
-        for row in data:
-            try:
-                blobs.append(request_bytes(row))
-            except ImageError as exc:
-                blobs.append(exc)
-        good = [b for b in blobs if isinstance(b, bytes)]
+        good = [b for b in images if isinstance(b, bytes)]
         timings: dict[str, float] = {}
         parts = 1
         if self.splitter is None:
@@ -181,28 +169,115 @@ class FaceDetectionHandler:
         else:
             results, parts = self.splitter.detect(good, timings)
             answers = iter(results)
-        out, bad = [], 0
-        for idx, blob in enumerate(blobs):
-            answer = blob if isinstance(blob, ImageError) else next(answers)
+        out = [b if isinstance(b, ImageError) else next(answers) for b in images]
+        return out, timings, parts
+
+    def handle(self, data: list, context: Any) -> list:
+        """One TorchServe batch -> one answer per request; bad ones get their own 4xx."""
+        start = time.perf_counter()
+        if _from_envelope(data, context):
+            return self._handle_envelope(data, context)
+        requests = [parse_request(row, _headers(context, idx)) for idx, row in enumerate(data)]
+        images = [image for request in requests for image in request.images]
+        results, timings, parts = self._detect(images)
+        out, at = [], 0
+        for idx, request in enumerate(requests):
+            mine = results[at : at + len(request.images)]
+            at += len(request.images)
             context.set_response_content_type(idx, "application/json")
-            if isinstance(answer, ImageError):
-                bad += 1
-                context.set_response_status(answer.status, str(answer), idx=idx)
-                out.append(json.dumps({"error": str(answer)}).encode())
-            else:
-                out.append(json.dumps(answer).encode())
-        self._record(timings, len(blobs), bad, parts > 1)
-        logger.debug("batch of %d in %.1f ms", len(blobs), (time.perf_counter() - start) * 1e3)
+            out.append(json.dumps(self._answer(request, mine, context, idx)).encode())
+        bad = sum(isinstance(r, ImageError) for r in results)
+        self._record(timings, len(images), bad, parts > 1)
+        logger.debug("batch of %d in %.1f ms", len(data), (time.perf_counter() - start) * 1e3)
         return out
+
+    def _answer(self, request: Request, results: list[Any], context: Any, idx: int) -> Any:
+        """The body of one request in its protocol's shape; sets its status when it failed."""
+        failed = request.error or next((r for r in results if isinstance(r, ImageError)), None)
+        if failed is not None:
+            context.set_response_status(failed.status, str(failed), idx=idx)
+        if request.error is not None or request.protocol == RAW:
+            return error_body(failed) if failed is not None else results[0]
+        if request.protocol == V1:
+            return answer_v1(results)
+        version = str(context.manifest.get("model", {}).get("modelVersion", "1.0"))
+        request_id = context.get_request_id(idx) or ""
+        return answer_v2(request, results, self.model_name, version, request_id)
+
+    def _handle_envelope(self, data: list | None, context: Any) -> list:
+        """Rows from TorchServe's kserve/kservev2 envelope: the items of one request.
+
+        The envelope wraps the list returned here into that request's single answer, so
+        statuses go to request 0; with more than one request per batch it fails the batch.
+        """
+        if len(getattr(context, "request_ids", None) or {}) > 1:
+            logger.error("service_envelope kserve/kservev2 needs batchSize 1 for fd1")
+        v2 = isinstance(getattr(context, "input_names", None), list)
+        context.set_response_content_type(0, "application/json")
+        if not data:
+            exc = RequestError('"instances" (v1) or "inputs" (v2) must be a non-empty list')
+            context.set_response_status(exc.status, str(exc), idx=0)
+            if v2:
+                context.input_names = ["error"]
+                return [v2_element(exc)]
+            return [error_body(exc)]
+        images: list[bytes | ImageError] = []
+        for idx, row in enumerate(data):
+            try:
+                images.append(envelope_item(row, idx))
+            except ImageError as exc:
+                images.append(exc)
+        results, timings, parts = self._detect(images)
+        failed = next((r for r in results if isinstance(r, ImageError)), None)
+        if failed is not None:
+            context.set_response_status(failed.status, str(failed), idx=0)
+        bad = sum(isinstance(r, ImageError) for r in results)
+        self._record(timings, len(images), bad, parts > 1)
+        if v2:
+            return [v2_element(r) for r in results]
+        return answer_v1(results)["predictions"]
+
+
+def _from_envelope(data: list, context: Any) -> bool:
+    """Whether `data` holds what a kserve/kservev2 envelope unwrapped, not TorchServe's rows.
+
+    A row TorchServe built has one key per parameter of its request, and TorchServe records a
+    content type for each of those in the request's headers; an envelope's rows (the
+    instances or inputs of request 0) do not line up with the requests that way.
+    """
+    if not data or isinstance(getattr(context, "input_names", None), list):
+        return True
+    ids = getattr(context, "request_ids", None)
+    if ids is not None and len(ids) != len(data):
+        return True
+    for idx, row in enumerate(data):
+        headers = _headers(context, idx)
+        if headers is None:
+            return is_envelope_row(row)
+        if not isinstance(row, dict):
+            return not isinstance(row, (bytes, bytearray))
+        if any(not isinstance(headers.get(key), dict) for key in row):
+            return True
+    return False
+
+
+def _headers(context: Any, idx: int) -> dict | None:
+    """The request's headers as TorchServe passes them, None outside TorchServe."""
+    getter = getattr(context, "get_all_request_header", None)
+    return getter(idx) if getter is not None else None
 
 
 _service = FaceDetectionHandler()
 
 
-def handle(data: list | None, context: Any) -> list[bytes] | None:
-    """TorchServe entry point (module-level function style)."""
+def handle(data: list | None, context: Any) -> list | None:
+    """TorchServe entry point (module-level function style).
+
+    TorchServe calls it once with no data to initialize; later, no data can only come from
+    the kserve envelope (a body without "instances"), which gets its 400.
+    """
     if _service.detector is None:
         _service.initialize(context)
-    if data is None:
-        return None
-    return _service.handle(data, context)
+        if data is None:
+            return None
+    return _service.handle(data or [], context)

@@ -1,11 +1,12 @@
 """Is the server up? A real inference on a tiny image, with TorchServe's current token keys.
 
 The management API lists a worker stopped by SIGSTOP as READY, so readiness here also sends a
-32x32 image through `/predictions/<model>` with a short timeout. With token authorization on,
-TorchServe 0.12 keeps its keys in `key_file.json` in its working directory, rewrites that file
-when a key is renewed, and lets keys expire (`token_expiration_min`, 60 minutes by default):
-every call re-reads the file, and an expired or refused key is renewed through TorchServe's
-token API (`GET /token?type=management|inference` with the API key, which does not expire).
+32x32 image through `/predictions/<model>` (as a KServe v1 + v2 body) with a short timeout.
+With token authorization on, TorchServe 0.12 keeps its keys in `key_file.json` in its working
+directory, rewrites that file when a key is renewed, and lets keys expire
+(`token_expiration_min`, 60 minutes by default): every call re-reads the file, and an expired
+or refused key is renewed through TorchServe's token API
+(`GET /token?type=management|inference` with the API key, which does not expire).
 Standard library only: `yolov5face ready` runs every few seconds in a health check.
 """
 
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 KEY_FILE = "key_file.json"
 RUN_DIR = Path(".serve")
+DRAINING = "draining"  # `yolov5face serve` writes it in its run dir when a SIGTERM starts a drain
 
 # A 32x32 mid-grey JPEG (quality 50), encoded once with cv2.imencode: no faces, ~20 ms of a
 # worker's time, so the check is cheap enough to run every 10 s.
@@ -41,6 +43,17 @@ PROBE_JPEG = base64.b64decode(
     "goOEhYaHiImKkpOUlZaXmJmaoqOkpaanqKmqsrO0tba3uLm6wsPExcbHyMnK0tPU1dbX2Nna4uPk5ebn6Onq8vP09f"
     "b3+Pn6/9oADAMBAAIRAxEAPwAooooAKKKKACiiigAooooA/9k="
 )
+
+# The probe as one JSON body every request shape fd1 may be serving reads: KServe v1
+# "instances" (no envelope, and service_envelope=kserve) and v2 "inputs" (kservev2). A raw JPEG
+# would fail behind either envelope, which only takes JSON.
+_PROBE_B64 = base64.b64encode(PROBE_JPEG).decode()
+PROBE_BODY = json.dumps(
+    {
+        "instances": [{"data": _PROBE_B64}],
+        "inputs": [{"name": "probe", "datatype": "BYTES", "shape": [1], "data": [_PROBE_B64]}],
+    }
+).encode()
 
 # TorchServe 0.12 refuses a missing, wrong or expired key with this exception type (status 400;
 # its frontend has no way to answer 401).
@@ -210,6 +223,8 @@ def check_ready(
     run_dir: Path = RUN_DIR,
 ) -> Verdict:
     """Ready: a READY worker of `model`, and a real inference on PROBE_JPEG within `timeout` s."""
+    if (run_dir / DRAINING).exists():
+        return Verdict(False, "draining: the server is stopping")
     workers = worker_states(management_url, model, min(timeout, 2.0), run_dir)
     if workers is None:
         return Verdict(False, f"management API {management_url} gave no usable answer")
@@ -221,18 +236,20 @@ def check_ready(
         management_url,
         run_dir,
         method="PUT",
-        data=PROBE_JPEG,
+        data=PROBE_BODY,
         timeout=timeout,
     )
     if answer.status != 200:
         return Verdict(False, f"inference on the probe image failed: {_describe(answer)}")
     try:
-        faces = json.loads(answer.body)
+        body = json.loads(answer.body)
     except ValueError:
-        faces = None
-    if not isinstance(faces, list):
+        body = None
+    if not isinstance(body, dict) or not (
+        isinstance(body.get("predictions"), list) or isinstance(body.get("outputs"), list)
+    ):
         return Verdict(
-            False, f"inference answered something else than a list: {answer.body[:200]!r}"
+            False, f"inference answered something else than KServe JSON: {answer.body[:200]!r}"
         )
     return Verdict(True)
 
