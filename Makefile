@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(shell echo $(EXTRAS) | tr ',' '-')
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help venv install test test-fast serve archive bench lint format clean gpu-check
+.PHONY: help venv install test test-fast fuzz serve archive bench lint format clean gpu-check
 
 help:
 	@echo "make serve    install, build model-store/fd1.mar, start TorchServe (foreground)"
@@ -41,6 +41,11 @@ test: lint
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not server"
+
+# `make test` fuzzes the request -> image path for 60 s (tests/test_fuzz.py); this for longer.
+FUZZ_SECONDS ?= 1800
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -p no:cacheprovider -o timeout=0 tests/test_fuzz.py
 
 archive: $(STAMP)
 	$(VENV)/bin/yolov5face archive
