@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from yolov5face.lab.load_levels import median_levels
 from yolov5face.lab.memory_bench import bench_memory
@@ -285,6 +286,36 @@ def _processes_under(path: Path) -> list[str]:
     return found
 
 
+def _metrics_url_under(path: Path) -> str | None:
+    """TS_METRICS_ADDRESS of the TorchServe frontend running with its files under `path`."""
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        env = dict(item.split("=", 1) for item in environ if "=" in item)
+        if env.get("TMPDIR", "").startswith(str(path)) and "TS_METRICS_ADDRESS" in env:
+            return env["TS_METRICS_ADDRESS"]
+    return None
+
+
+def _wait_for_answers(path: Path, deadline: float) -> None:
+    """Bounded poll until the TorchServe under `path` has answered an image (its counter)."""
+    while time.monotonic() < deadline:
+        url = _metrics_url_under(path)
+        try:
+            text = requests.get(f"{url}/metrics", timeout=5).text if url else ""
+        except requests.RequestException:
+            text = ""  # the frontend is still starting
+        if any(
+            line.startswith("Fd1Images{") and float(line.rsplit(" ", 1)[1]) > 0
+            for line in text.splitlines()
+        ):
+            return
+        time.sleep(0.5)  # the next poll
+    raise TimeoutError("the bench's TorchServe never answered an image")
+
+
 @pytest.mark.server
 @pytest.mark.slow
 def test_sigterm_during_bench_server_stops_its_torchserve(tmp_path, weights, onnx_cache):
@@ -303,7 +334,7 @@ def test_sigterm_during_bench_server_stops_its_torchserve(tmp_path, weights, onn
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         workers = [p for p in _processes_under(tmp_path) if "model_service_worker" in p]
         assert workers, "the bench never started its TorchServe workers"
-        time.sleep(3)  # let the load level start too
+        _wait_for_answers(tmp_path, deadline)  # the load level is running too
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     finally:
