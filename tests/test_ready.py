@@ -43,6 +43,7 @@ def model_store(tmp_path_factory, weights) -> Path:
 
 def _wait_ready(srv: Server, workers: int, timeout: float = 240.0) -> None:
     """Until `workers` fd1 workers are READY, reading the keys from the server's own run dir."""
+    srv.wait_bound(timeout)  # on new ports if one was taken meanwhile
     deadline = time.monotonic() + timeout
     run_dir = srv.workdir / ".serve"
     while time.monotonic() < deadline:

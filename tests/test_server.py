@@ -423,6 +423,7 @@ def test_token_authorization_mode(tmp_path, weights, model_store, expected, chec
         extra_env={"TS_DISABLE_TOKEN_AUTHORIZATION": "false"},
     )
     try:
+        srv.wait_bound()  # on new ports if one was taken meanwhile
         deadline = time.monotonic() + 240
         key_file = tmp_path / ".serve" / "key_file.json"
         keys = None
