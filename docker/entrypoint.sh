@@ -10,8 +10,11 @@
 #      GPU is visible inside the container.
 #   4. Make sure the model store, engine cache and log folders are writable.
 #   5. `exec yolov5face serve ...` so that it becomes the main process and
-#      receives SIGTERM/SIGINT directly (it forwards them to TorchServe and
-#      its workers). Any extra "--flag" arguments are passed on to it.
+#      receives SIGTERM/SIGINT directly. It drains: readiness fails at once,
+#      requests TorchServe holds are answered (up to 30 s), then only the
+#      frontend is signalled and it stops the workers (a signal to the whole
+#      process group would kill the workers mid-request). Any extra "--flag"
+#      arguments are passed on to it.
 #      TorchServe's config is the one packaged with yolov5face unless
 #      YOLOV5FACE_CONFIG names another file (then passed as --config).
 #

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from yolov5face import settings
 from yolov5face.serving import readiness
@@ -27,6 +28,11 @@ HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "config" / "config.properties"
 LOG_CONFIG = HERE / "config" / "log4j2.xml"
 WORKER_SITE = HERE / "worker_site"
+FRONTEND_CLASS = "org.pytorch.serve.ModelServer"  # the Java frontend's main class
+# Seconds `serve` gives the frontend to answer what it holds after SIGTERM. Netty's graceful
+# shutdown (2 s quiet period, 15 s at most) and the worker stop fit well inside; the Kubernetes
+# Deployment's terminationGracePeriodSeconds and compose's stop_grace_period leave more.
+DRAIN_GRACE = 30.0
 
 
 class ServeError(RuntimeError):
@@ -236,6 +242,31 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
 
+    def frontend(self) -> Any | None:
+        """TorchServe's Java frontend among the server's processes (a psutil.Process), or None."""
+        self.remember_descendants()
+        for child in list(self.descendants.values()):
+            with contextlib.suppress(Exception):  # psutil.Error: gone, or not ours to read
+                if child.is_running() and FRONTEND_CLASS in " ".join(child.cmdline()):
+                    return child
+        return None
+
+    def drain(self) -> bool:
+        """SIGTERM the Java frontend alone; False when there is none (then `terminate` instead).
+
+        The frontend closes its listeners at once (new connections are refused, so readiness
+        fails), answers the requests it already holds, then stops its workers and exits. The
+        workers must not get the signal themselves: a worker that dies first fails its batch.
+        """
+        frontend = self.frontend()
+        if frontend is None:
+            return False
+        with contextlib.suppress(Exception):
+            frontend.terminate()
+            logger.warning("%s: draining (SIGTERM to frontend pid %d)", self.name, frontend.pid)
+            return True
+        return False
+
     def stop(self, grace: float = 60.0, group: bool = True) -> int:
         """`terminate`, wait up to `grace` s for the group to end, SIGKILL what is left.
 
@@ -338,14 +369,56 @@ def torchserve_command(model_store: Path, config: Path, models: str = "fd1=fd1.m
     ]
 
 
+def _wait_drained(
+    server: ServerProcess, stopping: dict[str, Any], port: int | None, grace: float
+) -> int:
+    """The server's exit code; after a signal, drain it first (-1: not gone in time).
+
+    Once signalled, the frontend keeps serving until no connection to `port` owes an answer
+    (twice in a row, 0.1 s apart) or `grace` s have passed; then it gets SIGTERM (`drain`),
+    and 10 s more to stop its workers and exit.
+    """
+    from yolov5face.serving import drain
+
+    signalled = False
+    quiet = 0
+    while True:
+        try:
+            return server.proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass
+        since = stopping["at"]
+        if since is None:
+            continue
+        waited = time.monotonic() - since
+        if not signalled:
+            owed = drain.open_requests(port) if port else None
+            quiet = quiet + 1 if owed == 0 else 0
+            if quiet >= 2 or owed is None or waited > grace:
+                if waited > grace:
+                    logger.warning("%s: %s answers owed after %.0f s", server.name, owed, grace)
+                signalled = True
+                if not server.drain():
+                    server.terminate()
+        elif waited > grace + 10.0:
+            logger.warning("%s did not stop after draining: stopping it", server.name)
+            return -1
+
+
 def serve(
     weights: Path,
     model_store: Path,
     config: Path = CONFIG,
     run_dir: Path | None = None,
     ready_timeout: float = 300.0,
+    grace: float = DRAIN_GRACE,
 ) -> int:
-    """Build the archive if needed and run TorchServe until SIGINT/SIGTERM; returns exit code."""
+    """Build the archive if needed and run TorchServe until SIGINT/SIGTERM; returns exit code.
+
+    The first SIGTERM/SIGINT drains: readiness fails at once (`.serve/draining`), requests
+    already received are answered (within `grace` s), then the frontend stops (`drain`) and
+    stops its workers. A second signal stops everything at once. Returns 0 after a signal.
+    """
     from yolov5face.serving.archive import build_archive, model_config
     from yolov5face.serving.engines import pre_start, served_backend
 
@@ -366,11 +439,21 @@ def serve(
     logger.info("starting TorchServe: %s", " ".join(cmd))
     url = management_url(config)
     server = ServerProcess.start(cmd, run_dir, env, private_ports=False, management=url)
-    stopping = {"signal": None}
+    port = urlsplit(inference_url(config)).port
+    draining = run_dir / readiness.DRAINING
+    draining.unlink(missing_ok=True)
+    stopping: dict[str, Any] = {"signal": None, "at": None, "serving": False}
 
     def on_signal(signum, _frame):
-        stopping["signal"] = signum
-        server.terminate()
+        if stopping["signal"] is None and stopping["serving"]:
+            # drain: `yolov5face ready` fails from now on; `_wait_drained` stops the frontend
+            # once every request it holds is answered, and the frontend stops its workers
+            stopping["signal"], stopping["at"] = signum, time.monotonic()
+            draining.touch()
+            logger.warning("signal %d: draining (readiness fails from now on)", signum)
+        else:  # before fd1 serves there is nothing to drain; a second signal: stop now
+            stopping["signal"] = stopping["signal"] or signum
+            server.terminate()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -382,12 +465,14 @@ def serve(
                 logger.error("fd1 not ready after %.0f s; still waiting", ready_timeout)
         except ServerExited:
             pass  # its exit code is returned below
-        code = server.proc.wait()
+        stopping["serving"] = True
+        code = _wait_drained(server, stopping, port, grace)
     finally:
-        server.stop(grace=20.0)  # the launcher may exit before the frontend and workers are gone
+        server.stop(grace=10.0)  # what the drain left (workers), then SIGKILL
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         shutil.rmtree(run_dir / "tmp", ignore_errors=True)
+        draining.unlink(missing_ok=True)
     if stopping["signal"] is not None:
         logger.warning("stopped by signal %d", stopping["signal"])
         return 0
