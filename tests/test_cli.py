@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run(*args, env=None, check_rc=None):
     proc = subprocess.run(
@@ -100,3 +102,85 @@ def test_weights_env_to_a_missing_file_is_named(images, tmp_path):
     assert f"YOLOV5FACE_WEIGHTS points to {missing}, which does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def assert_clean_error(proc, code: int, message: str) -> None:
+    """Exit `code`, `message` on stderr as a log line (no traceback), nothing on stdout."""
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_detect_url_with_nothing_listening(images):
+    from yolov5face.serving.launcher import free_ports
+
+    url = f"http://127.0.0.1:{free_ports(1)[0]}"
+    proc = run("detect", str(images / "zidane.jpg"), "--url", url)
+    assert_clean_error(proc, 1, f"cannot reach the server at {url}")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["detect", "{image}"],
+        ["export", "onnx", "--out", "{tmp}/x.onnx"],
+        ["archive", "--model-store", "{tmp}/store"],
+        ["serve", "--model-store", "{tmp}/store"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_weights_that_are_not_a_checkpoint(images, tmp_path, command):
+    bogus = tmp_path / "model.pt"
+    bogus.write_bytes(b"this is not a checkpoint\n")
+    args = [a.format(image=images / "zidane.jpg", tmp=tmp_path) for a in command]
+    proc = run(*args, "--weights", str(bogus))
+    assert_clean_error(proc, 2, f"{bogus}: not a checkpoint")
+    assert not (tmp_path / "x.onnx").exists()
+    assert not (tmp_path / "store" / "fd1.mar").exists()
+
+
+def test_serve_start_up_error_exits_1(tmp_path):
+    """A start-up error (here the official weights' name with other bytes) is exit 1."""
+    fake = tmp_path / "yolov5n-0.5.pt"
+    fake.write_bytes(b"not the real weights")
+    proc = run("serve", "--weights", str(fake), "--model-store", str(tmp_path / "store"))
+    assert_clean_error(proc, 1, f"checksum mismatch for {fake}")
+    assert not (tmp_path / "store" / "fd1.mar").exists()
+
+
+def test_ready_with_nothing_listening():
+    from yolov5face.serving.launcher import free_ports
+
+    mgmt, http = (f"http://127.0.0.1:{p}" for p in free_ports(2))
+    proc = run("ready", "--management-url", mgmt, "--inference-url", http, "--timeout", "2")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    answer = json.loads(proc.stdout)
+    assert answer["ready"] is False and answer["management_url"] == mgmt
+    assert mgmt in answer["reason"]
+    quiet = run("ready", "-q", "--management-url", mgmt, "--inference-url", http)
+    assert (quiet.returncode, quiet.stdout) == (1, "")
+
+
+@pytest.mark.parametrize("command", ["detect", "ready"])
+def test_stdout_closed_early_exits_141_quietly(images, weights, command):
+    """`yolov5face ... | head -c0`: stdout's reader is gone; exit 141 like a shell, no traceback."""
+    args = {
+        "detect": ["detect", str(images / "zidane.jpg"), "--weights", str(weights)],
+        "ready": ["ready", "--management-url", "http://127.0.0.1:9", "--timeout", "1"],
+    }[command]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will ever read what it prints
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "yolov5face", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -244,7 +244,13 @@ def parse_upstream(obj: Any, source: str) -> LoadedCheckpoint:
 def _parse_own(path: Path) -> LoadedCheckpoint:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="numpy") as fh:
+    try:
+        opened = safe_open(str(path), framework="numpy")
+    except Exception as exc:  # SafetensorError: neither a torch zip nor safetensors
+        raise CheckpointError(
+            f"{path}: not a checkpoint (neither a torch zip nor {FORMAT_NAME} safetensors): {exc}"
+        ) from None
+    with opened as fh:
         meta = fh.metadata() or {}
         if meta.get("format") != FORMAT_NAME:
             raise CheckpointError(f"{path}: not a {FORMAT_NAME} safetensors file")

@@ -93,8 +93,12 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
         if args.conf != DEFAULT_CONF:  # the server's threshold is its own; a request can raise it
             params["conf"] = args.conf
-        with Client(args.url) as client:
-            answers = iter(client.detect_many(readable, params, decode=False))
+        try:
+            with Client(args.url) as client:
+                answers = iter(client.detect_many(readable, params, decode=False))
+        except OSError as exc:  # requests' errors are OSErrors: nothing answers at the URL
+            logger.error("cannot reach the server at %s: %s", args.url, exc)
+            return EXIT_FAILED
     else:
         from yolov5face.pipeline.options import parse_options
 
