@@ -12,6 +12,8 @@ from typing import Any
 from yolov5face import settings
 from yolov5face.pipeline.decode import ImageError
 from yolov5face.pipeline.detector import STAGES, Detector
+from yolov5face.pipeline.options import DEFAULT as DEFAULT_OPTIONS
+from yolov5face.pipeline.options import OptionError, Options, parse_options
 from yolov5face.serving.busy_board import usable_cores
 from yolov5face.serving.engines import served_backend, served_batch
 from yolov5face.serving.malloc_tuning import keep_freed_buffers
@@ -158,16 +160,24 @@ class FaceDetectionHandler:
         counts = {"Images": images, "BadImages": bad, "Batches": 1, "SplitBatches": int(split)}
         self.metrics.add({**values, **counts})
 
-    def _detect(self, images: list[bytes | ImageError]) -> tuple[list[Any], dict, int]:
-        """Faces (or the error) per image, with the stage timings and the split count."""
+    def _detect(
+        self, images: list[bytes | ImageError], options: list[Options] | None = None
+    ) -> tuple[list[Any], dict, int]:
+        """Faces (or the error) per image, with the stage timings and the split count.
+
+        `options`: one per image; every image still goes through one network pass.
+        """
         assert self.detector is not None, "handler used before initialize()"
         good = [b for b in images if isinstance(b, bytes)]
+        kept = None
+        if options is not None:
+            kept = [o for b, o in zip(images, options) if isinstance(b, bytes)]
         timings: dict[str, float] = {}
         parts = 1
         if self.splitter is None:
-            answers = iter(self.detector.detect(good, timings))
+            answers = iter(self.detector.detect(good, timings, kept))
         else:
-            results, parts = self.splitter.detect(good, timings)
+            results, parts = self.splitter.detect(good, timings, kept)
             answers = iter(results)
         out = [b if isinstance(b, ImageError) else next(answers) for b in images]
         return out, timings, parts
@@ -178,8 +188,10 @@ class FaceDetectionHandler:
         if _from_envelope(data, context):
             return self._handle_envelope(data, context)
         requests = [parse_request(row, _headers(context, idx)) for idx, row in enumerate(data)]
+        options = [self._options(request) for request in requests]
         images = [image for request in requests for image in request.images]
-        results, timings, parts = self._detect(images)
+        per_image = [o for request, o in zip(requests, options) for _ in request.images]
+        results, timings, parts = self._detect(images, per_image)
         out, at = [], 0
         for idx, request in enumerate(requests):
             mine = results[at : at + len(request.images)]
@@ -190,6 +202,17 @@ class FaceDetectionHandler:
         self._record(timings, len(images), bad, parts > 1)
         logger.debug("batch of %d in %.1f ms", len(data), (time.perf_counter() - start) * 1e3)
         return out
+
+    def _options(self, request: Request) -> Options:
+        """The request's options; a bad one becomes the request's own 400 (its images skip
+        the network)."""
+        assert self.detector is not None
+        try:
+            return parse_options(request.options, threshold=self.detector.conf)
+        except OptionError as exc:
+            request.error = request.error or exc
+            request.images = [exc for _ in request.images]
+            return DEFAULT_OPTIONS
 
     def _answer(self, request: Request, results: list[Any], context: Any, idx: int) -> Any:
         """The body of one request in its protocol's shape; sets its status when it failed."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from yolov5face.pipeline.decode import ImageError
+from yolov5face.pipeline.options import NAMES as OPTION_NAMES
 
 RAW, V1, V2 = "raw", "v1", "v2"
 # Field names real clients use for the image: raw body ("body"), gRPC input key and form
@@ -51,6 +52,28 @@ class Request:
     names: list[str] = field(default_factory=list)  # v2: the input each image came from
     request_id: str | None = None  # v2: the client's "id"
     error: ImageError | None = None  # the whole request is unusable
+    options: dict[str, Any] = field(default_factory=dict)  # query parameters (pipeline/options)
+
+
+def split_options(row: Any) -> tuple[Any, dict[str, Any]]:
+    """(the row without its options, the options): URL query parameters, gRPC input keys or
+    form fields named like an option. Beside a raw body every other key is a query parameter,
+    so an unknown one reaches the option parser and gets its 400.
+
+    TorchServe 0.12 hands query parameters to the handler on `/models/fd1/invoke`,
+    `/invocations?model_name=fd1` and `/fd1/predict`, not on `/predictions/fd1`, whose route
+    drops the query string in the frontend (InferenceRequestHandler.handlePredictions)."""
+    if not isinstance(row, dict):
+        return row, {}
+    if "body" in row:  # model_name: /invocations' own routing parameter
+        others = {k: v for k, v in row.items() if k not in ("body", "model_name")}
+        return {"body": row["body"]}, others
+    if "data" in row and isinstance(row["data"], (bytes, bytearray)):  # gRPC: data + options
+        others = {k: v for k, v in row.items() if k != "data"}
+        if all(isinstance(v, (bytes, bytearray, str)) and len(v) < 64 for v in others.values()):
+            return {"data": row["data"]}, others
+    options = {k: v for k, v in row.items() if k in OPTION_NAMES}
+    return {k: v for k, v in row.items() if k not in options}, options
 
 
 def _header(headers: dict | None, name: str) -> str:
@@ -192,6 +215,13 @@ def _json_body(row: dict) -> Any:
 
 def parse_request(row: Any, headers: dict | None = None) -> Request:
     """One request row (no envelope): raw/multipart image, or a whole KServe v1/v2 body."""
+    row, options = split_options(row)
+    request = _parse_request(row, headers)
+    request.options = options
+    return request
+
+
+def _parse_request(row: Any, headers: dict | None) -> Request:
     body = _json_body(row) if isinstance(row, dict) else None
     if isinstance(body, dict) and "instances" in body:
         instances = body["instances"]

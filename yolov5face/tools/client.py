@@ -59,6 +59,13 @@ def _predictions_url(url: str, model: str) -> str:
     return url if "/predictions/" in url else f"{url}/predictions/{model}"
 
 
+def _invoke_url(predictions: str) -> str:
+    """Where options go: TorchServe drops the query string of `/predictions/<model>` before
+    the handler, and hands it over on `/models/<model>/invoke`."""
+    root, _, model = predictions.partition("/predictions/")
+    return f"{root}/models/{model.split('/')[0]}/invoke"
+
+
 class Client:
     """Blocking HTTP client (keep-alive session); PUTs raw bytes like the reference client."""
 
@@ -80,10 +87,11 @@ class Client:
     def detect(self, image: bytes, options: Params = None, decode: bool = True) -> list[dict]:
         """Faces of one image; raises ServerError on an error answer.
 
-        `options` go in the query string (`{"crops": 112, "max_faces": 5}`); crops come back
-        decoded to BGR arrays unless `decode` is false.
+        `options` go in the query string (`{"crops": 112, "max_faces": 5}`) of
+        `/models/<model>/invoke`; crops come back decoded to BGR arrays unless `decode` is false.
         """
-        resp = self.session.put(self.url, data=image, params=_query(options), timeout=self.timeout)
+        url = _invoke_url(self.url) if options else self.url
+        resp = self.session.put(url, data=image, params=_query(options), timeout=self.timeout)
         faces = _parse(resp.status_code, resp.content)
         return _decoded(faces) if decode else faces
 
@@ -143,8 +151,9 @@ class AsyncClient:
     async def detect(self, image: bytes, options: Params = None, decode: bool = True) -> list[dict]:
         """Faces of one image; raises ServerError on an error answer."""
         headers = {"Content-Type": "application/octet-stream"}
+        url = _invoke_url(self.url) if options else self.url
         async with self._session.put(
-            self.url, data=image, headers=headers, params=_query(options)
+            url, data=image, headers=headers, params=_query(options)
         ) as resp:
             faces = _parse(resp.status, await resp.read())
         return _decoded(faces) if decode else faces
