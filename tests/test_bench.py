@@ -377,3 +377,16 @@ def test_bench_batching_runs_every_variant_side_by_side(tmp_path, weights, onnx_
         (level,) = data["levels"]
         assert level["concurrency"] == 2 and level["ok"] > 0 and not level["errors"]
         assert sum(level["server_cpu_ms_per_request"].values()) > 0
+
+
+def test_options_section_measures_the_default_path_against_the_old_one():
+    """bench report, section 7: every variant measured on both images, crop cost per face."""
+    from yolov5face.lab.crops_bench import VARIANTS, measure, options_section
+
+    result = measure(rounds=2)
+    for row in result["images"].values():
+        assert set(row["cpu_ms"]) == set(VARIANTS)
+        assert row["faces"]["max_faces=5"] <= 5 and row["crop_ms_per_face"] is not None
+    assert result["images"]["test.jpg"]["faces"]["crops=112"] == 67
+    text = "\n".join(options_section(result))
+    assert "## 7. Per-request options" in text and "pre-options path" in text

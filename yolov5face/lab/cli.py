@@ -272,6 +272,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_cmd_server)
 
     _add_batching_parser(sub, common, fmt)
+    _add_reliability_parser(sub, common, fmt)
 
     q = sub.add_parser(
         "report",
@@ -286,7 +287,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--only",
         type=_csv,
         default=None,
-        help="sections: model,pipeline,memory,server,decode,loadtool",
+        help="sections: model,pipeline,memory,server,decode,loadtool,options",
     )
     q.set_defaults(func=_cmd_report)
 
@@ -299,6 +300,54 @@ Variants: b<N> = TorchServe batch size N; +split = a batch also runs on cores no
 using (YOLOV5FACE_SPLIT_BATCHES); +plain = the plain model instead of the banded one
 (YOLOV5FACE_BAND=0). CPU ms/req: frontend + workers per answered request.
 Needs Java (TorchServe); every server is stopped at the end, also on errors."""
+
+
+_RELIABILITY_EXAMPLES = """examples:
+  yolov5face bench reliability --out docs/reliability.md      # every drill, 10-minute soak
+  yolov5face bench reliability --drills kill,sigterm --seconds 10
+Drills: kill (a worker SIGKILLed under load), stop (SIGSTOP 10 s), sigterm (SIGTERM to serve),
+uploads (32 concurrent ~19 MB uploads), soak (load with RSS sampled each minute). Each drill
+starts its own server (Java needed); the JSON summary is the last stdout line."""
+
+
+def _add_reliability_parser(sub: argparse._SubParsersAction, common: Any, fmt: type) -> None:
+    """`yolov5face bench reliability`."""
+    from yolov5face.lab.reliability import DRILLS
+
+    q = sub.add_parser(
+        "reliability",
+        help="fault drills (worker kill/stop, SIGTERM, large uploads, soak) -> a report",
+        epilog=_RELIABILITY_EXAMPLES,
+        formatter_class=fmt,
+    )
+    common(q)
+    q.add_argument("--image", default="zidane.jpg")
+    q.add_argument("--drills", type=_csv, default=list(DRILLS), help=",".join(DRILLS))
+    q.add_argument("--seconds", type=float, default=20.0, help="load per drill (default 20)")
+    q.add_argument("--soak-minutes", type=float, default=10.0)
+    q.add_argument("--out", help="write the markdown report here (e.g. docs/reliability.md)")
+    q.set_defaults(func=_cmd_reliability)
+
+
+def _cmd_reliability(args: argparse.Namespace) -> int:
+    from yolov5face.lab.reliability import DRILLS, report, run_drills
+
+    unknown = set(args.drills) - set(DRILLS)
+    if unknown:
+        raise ValueError(f"unknown drill(s) {sorted(unknown)}; choose from {', '.join(DRILLS)}")
+    results = run_drills(
+        _weights(args),
+        resolve_image(args.image).read_bytes(),
+        tuple(args.drills),
+        args.seconds,
+        args.soak_minutes,
+    )
+    command = "yolov5face bench reliability " + " ".join(sys.argv[3:])
+    text = report(results, command.strip())
+    if args.out:
+        Path(args.out).write_text(text)
+    _emit(results, [text])
+    return 0
 
 
 def _add_batching_parser(sub: argparse._SubParsersAction, common: Any, fmt: type) -> None:

@@ -25,30 +25,27 @@ VARIANTS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the comparison; JSON on stdout."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    args = parser.parse_args(argv)
-
+def measure(rounds: int = 40) -> dict:
+    """CPU ms per request for each variant on zidane.jpg and test.jpg, interleaved rounds."""
     from yolov5face.paths import shared_dir
     from yolov5face.pipeline.detector import Detector
     from yolov5face.pipeline.heads import to_json_faces
     from yolov5face.pipeline.options import parse_options
 
-    def before(blob: bytes) -> list:
-        return [to_json_faces(d.faces, d.geometry) for d in detector.detect_raw([blob])]
-
     shared = shared_dir() or Path("../shared")
     detector = Detector(threads=1)
     detector.warmup()
-    report: dict = {"rounds": args.rounds, "images": {}}
+
+    def before(blob: bytes) -> list:
+        return [to_json_faces(d.faces, d.geometry) for d in detector.detect_raw([blob])]
+
+    report: dict = {"rounds": rounds, "images": {}}
     for name in ("zidane.jpg", "test.jpg"):
         blob = (shared / "images" / name).read_bytes()
         options = {v: parse_options(p) for v, p in VARIANTS.items() if p is not None}
         faces = {v: len(detector.detect([blob], options=o)[0]) for v, o in options.items()}
         cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for variant in VARIANTS:
                 start = time.process_time()
                 if variant in options:
@@ -64,7 +61,38 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_to_default": {v: round(statistics.median(t) / base, 3) for v, t in cpu.items()},
             "crop_ms_per_face": round(crop_extra * 1e3 / max(faces["crops=112"], 1), 3),
         }
-    print(json.dumps(report, indent=1))
+    return report
+
+
+def options_section(result: dict) -> list[str]:
+    """The benchmark report's section on per-request options."""
+    lines = [
+        "## 7. Per-request options and aligned crops",
+        "",
+        "CPU time of one request in process (what a worker spends: decode, network, options,",
+        f"crops and JSON), median of {result['rounds']} interleaved rounds, 1 thread. "
+        "`pre-options path` is `detect_raw` + the JSON writer, what `detect` did before options "
+        "existed: the default path must cost the same.",
+        "",
+        "| image | faces | variant | CPU ms | ratio to default |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in result["images"].items():
+        for variant, ms in row["cpu_ms"].items():
+            faces = row["faces"].get(variant, row["faces"]["default"])
+            ratio = row["ratio_to_default"][variant]
+            lines.append(f"| {name} | {faces} | {variant} | {ms} | {ratio} |")
+    per_face = ", ".join(f"{n}: {r['crop_ms_per_face']} ms" for n, r in result["images"].items())
+    lines += ["", f"A 112x112 crop (warp + JPEG + base64) costs per face: {per_face}.", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; JSON on stdout."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.rounds), indent=1))
     return 0
 
 

@@ -194,6 +194,10 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
         parts += decode_section(results["decode"])
     if "loadtool" in results:
         parts += loadtool_section(results["loadtool"])
+    if "options" in results:
+        from yolov5face.lab.crops_bench import options_section
+
+        parts += options_section(results["options"])
     parts += GPU_SECTION
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts))
@@ -206,7 +210,9 @@ def run_report(
     import gc
 
     settings = ReportSettings.quick() if quick else ReportSettings()
-    sections = list(sections or ("model", "pipeline", "memory", "server", "decode", "loadtool"))
+    sections = list(
+        sections or ("model", "pipeline", "memory", "server", "decode", "loadtool", "options")
+    )
     t0 = time.monotonic()
     results: dict[str, Any] = {"environment": environment(), "quick": quick}
     if "model" in sections:
@@ -260,6 +266,11 @@ def run_report(
         results["loadtool"] = compare_with_wrk(
             resolve_image("zidane.jpg"), seconds=2 if quick else 8, rounds=1 if quick else 3
         )
+    if "options" in sections:
+        from yolov5face.lab.crops_bench import measure
+
+        logger.warning("bench report: per-request options")
+        results["options"] = measure(rounds=10 if quick else 40)
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
     write_report(results, out, settings, quick)
     return results
