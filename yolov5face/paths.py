@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from yolov5face import settings
@@ -60,3 +61,18 @@ def cache_dir() -> Path:
     cache = settings.path("YOLOV5FACE_CACHE")
     assert cache is not None  # the table has a default
     return cache
+
+
+def write_atomically(target: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temp file beside `target`, then rename: readers never see half a file."""
+    import tempfile
+
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

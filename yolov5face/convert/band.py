@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +288,7 @@ def export_banded(
     import onnxruntime as ort
 
     from yolov5face.model.checkpoint import sha256_file
+    from yolov5face.paths import write_atomically
 
     plain, out = Path(plain), Path(out) if out is not None else band_path(plain)
     model = onnx.load(plain)
@@ -318,14 +318,7 @@ def export_banded(
     if worst > TOLERANCE:
         logger.warning("banded model differs from %s by %.3g; not written", plain, worst)
         return None
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(banded, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(out, banded.SerializeToString())
     logger.info(
         "banded model %s: cut %s, cells see rows [%+d, %+d], max diff %.2g",
         out,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from yolov5face.backends.base import FLOAT_LAYOUT, UINT8_LAYOUT
@@ -90,16 +89,11 @@ def write_uint8_model(float_model: str | os.PathLike, out: str | os.PathLike | N
     """Write the uint8-input model of `float_model` (atomically); returns its path."""
     import onnx
 
+    from yolov5face.paths import write_atomically
+
     target = Path(out) if out is not None else uint8_path(float_model)
-    proto = uint8_input_model(onnx.load(str(float_model)))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=target.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    proto = uint8_input_model(onnx.load(str(float_model)))
+    write_atomically(target, proto.SerializeToString())
     logger.info("uint8-input model %s -> %s", float_model, target)
     return target
