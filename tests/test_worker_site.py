@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,29 @@ def test_a_bad_value_leaves_torch_undeferred_and_warns():
     )
     assert proc.returncode == 0 and proc.stdout.split() == ["NoneType"]
     assert "YOLOV5FACE_LAZY_TORCH='maybe'" in proc.stderr and "not deferred" in proc.stderr
+
+
+def test_workers_start_where_torch_is_not_installed(tmp_path):
+    """The CPU image built with INSTALL_TORCH=0: TorchServe's worker imports torch only for an
+    isinstance check, so a stand-in lets it start; any real use still fails loudly."""
+    site_packages = Path(importlib.util.find_spec("ts").origin).parents[1]
+    no_torch = tmp_path / "site-packages"
+    no_torch.mkdir()
+    for entry in site_packages.iterdir():
+        if not entry.name.startswith(("torch", "_distutils_hack")):
+            (no_torch / entry.name).symlink_to(entry)
+    code = (
+        # what `site` does at start-up, with a site-packages that has no torch
+        f"import sys; sys.path[:0] = [{str(WORKER_SITE)!r}, {str(no_torch)!r}]; "
+        "import sitecustomize; "
+        "import ts.model_service_worker; from ts.protocol import otf_message_handler as o; "
+        "print(isinstance(object(), o.torch.Tensor), hasattr(o.torch, '__file__')); "
+        "import torch\n"
+        "try:\n    torch.zeros(1)\nexcept ModuleNotFoundError as exc:\n    print(exc.name)"
+    )
+    env = {**os.environ, "YOLOV5FACE_LAZY_TORCH": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False", "torch"]

@@ -7,6 +7,9 @@ ONNX Runtime or TensorRT, so that import is ~200 MB of RSS per worker that nothi
 Python runs this file at start-up and registers a stand-in for torch: `import torch` then costs
 nothing, and the first attribute read (a torch backend, a tensor response, `import torch.nn`)
 imports the real torch, which the stand-in forwards to from then on.
+Where torch is not installed at all (the CPU image built with INSTALL_TORCH=0), the stand-in is an
+absent module instead: its `Tensor` is a class nothing is an instance of, so TorchServe's worker
+starts and answers, and any other use raises ModuleNotFoundError.
 YOLOV5FACE_LAZY_TORCH=0 (or off/false/no) turns it off; a value the flag rule does not accept
 leaves torch loaded as usual and says so on stderr: a worker must not die of a typo.
 """
@@ -38,12 +41,30 @@ class _DeferredModule(types.ModuleType):
         return getattr(real, attr)
 
 
+class _AbsentModule(types.ModuleType):
+    """Stands in for a module that is not installed: importing works, using it does not."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        # TorchServe reads only `isinstance(value, torch.Tensor)` (ts/protocol/otf_message_handler)
+        self.Tensor = type("Tensor", (), {"__module__": name})
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__") and attr.endswith("__"):  # introspection (hasattr) sees nothing
+            raise AttributeError(attr)
+        raise ModuleNotFoundError(
+            f"No module named {self.__name__!r} (not installed; {self.__name__}.{attr} was used)",
+            name=self.__name__,
+        )
+
+
 def defer(name: str) -> None:
-    """Put a stand-in for top-level module `name` in sys.modules (no-op if absent or loaded)."""
+    """Put a stand-in for top-level module `name` in sys.modules (no-op if already loaded)."""
     if name in sys.modules:
         return
     spec = importlib.machinery.PathFinder.find_spec(name)
     if spec is None:
+        sys.modules[name] = _AbsentModule(name)
         return
     module = _DeferredModule(name)
     module.__spec__ = spec  # read by the import system; no __path__, so submodules load torch
