@@ -390,3 +390,21 @@ def test_options_section_measures_the_default_path_against_the_old_one():
     assert result["images"]["test.jpg"]["faces"]["crops=112"] == 67
     text = "\n".join(options_section(result))
     assert "## 7. Per-request options" in text and "pre-options path" in text
+
+
+def test_reliability_report_lists_every_drill_and_the_soak_memory():
+    from yolov5face.lab.reliability import DRILLS, Tally, report
+
+    tally = Tally()
+    for kind in ("200", "200", "500", "ClientConnectorError"):
+        tally.add(0.0, kind)
+    assert tally.failures() == 2 and tally.failures(before=0.0) == 0
+    row = {**tally.summary(), "failures": 2}
+    results = {name: dict(row) for name in DRILLS}
+    results["soak"]["rss_samples"] = [
+        {"t_min": 0.0, "frontend_mb": 220.0, "workers_mb": 230.0},
+        {"t_min": 1.0, "frontend_mb": 260.0, "workers_mb": 250.0},
+    ]
+    text = report(results, "yolov5face bench reliability")
+    assert text.count("| 4 | 200: 2, 500: 1, ClientConnectorError: 1 | 2 |") == len(DRILLS)
+    assert "| 1.0 | 260.0 | 250.0 |" in text and "    yolov5face bench reliability" in text

@@ -246,7 +246,7 @@ def drill_large_uploads(weights: Path, concurrency: int = 32) -> dict:
 
 
 def soak(weights: Path, blob: bytes, minutes: float, concurrency: int = 8) -> dict:
-    """Mixed load for `minutes` with the server's RSS sampled each minute."""
+    """Load for `minutes` with the server's RSS sampled each minute."""
     with _server(weights) as server:
         url = server.http + "/predictions/fd1"
         samples: list[dict] = []
@@ -267,7 +267,7 @@ def soak(weights: Path, blob: bytes, minutes: float, concurrency: int = 8) -> di
         **tally.summary(),
         "failures": tally.failures(),
         "rss_samples": samples,
-        "rss_total_mb_first_last": [totals[0], totals[-1]] if totals else None,
+        "rss_total_mb_first_last": [round(totals[0], 1), round(totals[-1], 1)] if totals else None,
     }
 
 
@@ -309,7 +309,7 @@ def report(results: dict[str, dict], command: str) -> str:
     lines = [
         "# Reliability drills",
         "",
-        "Fault drills against a real `yolovface serve` (2 workers, the packaged config) on the",
+        "Fault drills against a real `yolov5face serve` (2 workers, the packaged config) on the",
         "2-core development machine, CPU only, each on a fresh server, 8 clients sending",
         "zidane.jpg back to back. Made by:",
         "",
@@ -336,6 +336,18 @@ def report(results: dict[str, dict], command: str) -> str:
         lines.append(
             f"| {what[name]} | {result.get('requests')} | {kinds} | {failures} | {other} |"
         )
+    notes = {
+        "kill": "the failures are the killed worker's batch (TorchServe answers it 500); "
+        "recovery_s: until a new worker is READY",
+        "stop": "the stopped worker's batch waits, then is answered (max_ms); readiness stays "
+        "true because the other worker answers its probe",
+        "sigterm": "failed_in_flight counts requests sent before the signal that were not "
+        "answered 200; the connection errors are requests sent after it, refused while the "
+        "server drains and stops",
+        "uploads": "unclean counts answers other than 200, 413 or 503 (resets, 507)",
+        "soak": "memory per minute below",
+    }
+    lines += ["", *[f"- {what[n]}: {notes[n]}." for n in results if n in notes]]
     soaked = results.get("soak", {}).get("rss_samples")
     if soaked:
         lines += [
