@@ -14,11 +14,12 @@ STAMP := $(VENV)/.installed-$(shell echo $(EXTRAS) | tr ',' '-')
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help venv install test test-fast fuzz serve archive bench lint format clean gpu-check
+.PHONY: help venv install test test-fast fuzz test-docker serve archive bench lint format clean gpu-check
 
 help:
 	@echo "make serve    install, build model-store/fd1.mar, start TorchServe (foreground)"
 	@echo "make test     install test dependencies, lint, and run the whole test suite"
+	@echo "make test-docker  build the CPU image and run it with compose (Docker; not in make test)"
 	@echo "make archive  (re)build model-store/fd1.mar when its inputs changed"
 	@echo "make bench    regenerate docs/benchmarks.md and its plots"
 	@echo "make lint     ruff check + format check"
@@ -46,6 +47,11 @@ test-fast: $(STAMP)
 FUZZ_SECONDS ?= 1800
 fuzz: $(STAMP)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -p no:cacheprovider -o timeout=0 tests/test_fuzz.py
+
+# The CPU image built and run with Docker Compose v2 (tests/test_docker.py; minutes, root, apt):
+# starts a dockerd when none runs, and a local Debian base when the pinned one cannot be pulled.
+test-docker: $(STAMP)
+	$(PY) -m pytest -q -m docker tests/test_docker.py -o log_cli=true --log-cli-level=INFO
 
 archive: $(STAMP)
 	$(VENV)/bin/yolov5face archive

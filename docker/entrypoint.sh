@@ -154,8 +154,9 @@ log "weights=${YOLOV5FACE_WEIGHTS} model_store=${YOLOV5FACE_MODEL_STORE}" \
     "max_batch_delay_ms=${YOLOV5FACE_MAX_BATCH_DELAY:-default} logs=${LOG_LOCATION}" \
     "config=${YOLOV5FACE_CONFIG:-packaged}"
 
-# 5. Hand over to the server; exec keeps signals going straight to it.
-exec yolov5face serve \
+# 5. Hand over to the server; exec keeps signals going straight to it. -v: the archive's
+# build or reuse ("... is up to date") and TorchServe's start are logged.
+exec yolov5face -v serve \
     "${config_args[@]}" \
     --model-store "$YOLOV5FACE_MODEL_STORE" \
     --weights "$YOLOV5FACE_WEIGHTS" \

