@@ -53,6 +53,12 @@ fuzz: $(STAMP)
 test-docker: $(STAMP)
 	$(PY) -m pytest -q -m docker tests/test_docker.py -o log_cli=true --log-cli-level=INFO
 
+# Mutation testing of the request path (mutmut, in a copy under build/mutants; slow, not in CI):
+# survivors and what each means are in docs/mutation.md.
+.PHONY: mutants
+mutants: $(STAMP)
+	$(PY) scripts/mutants.py
+
 archive: $(STAMP)
 	$(VENV)/bin/yolov5face archive
 
