@@ -184,3 +184,39 @@ def test_stdout_closed_early_exits_141_quietly(images, weights, command):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141, err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_serve_exits_1_when_torchserve_stops_before_it_serves(tmp_path, weights):
+    """TorchServe that cannot bind its inference port logs it and exits 0; serve says 1."""
+    import socket
+
+    from yolov5face.serving.launcher import free_ports
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    mgmt, metrics, grpc, grpc_mgmt = free_ports(4)
+    env = {
+        "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{taken.getsockname()[1]}",
+        "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{mgmt}",
+        "TS_METRICS_ADDRESS": f"http://127.0.0.1:{metrics}",
+        "TS_GRPC_INFERENCE_PORT": str(grpc),
+        "TS_GRPC_MANAGEMENT_PORT": str(grpc_mgmt),
+        "YOLOV5FACE_WORKERS": "1",
+    }
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "yolov5face", "serve", "--weights", str(weights)]
+            + ["--model-store", str(tmp_path / "store")],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            cwd=tmp_path,
+            timeout=300,
+        )
+    finally:
+        taken.close()
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "TorchServe stopped before fd1 was serving" in proc.stderr

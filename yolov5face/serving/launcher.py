@@ -442,7 +442,7 @@ def serve(
     port = urlsplit(inference_url(config)).port
     draining = run_dir / readiness.DRAINING
     draining.unlink(missing_ok=True)
-    stopping: dict[str, Any] = {"signal": None, "at": None, "serving": False}
+    stopping: dict[str, Any] = {"signal": None, "at": None, "serving": False, "early": False}
 
     def on_signal(signum, _frame):
         if stopping["signal"] is None and stopping["serving"]:
@@ -464,7 +464,7 @@ def serve(
             if stopping["signal"] is None:
                 logger.error("fd1 not ready after %.0f s; still waiting", ready_timeout)
         except ServerExited:
-            pass  # its exit code is returned below
+            stopping["early"] = True  # its exit code is returned below
         stopping["serving"] = True
         code = _wait_drained(server, stopping, port, grace)
     finally:
@@ -476,4 +476,7 @@ def serve(
     if stopping["signal"] is not None:
         logger.warning("stopped by signal %d", stopping["signal"])
         return 0
+    if stopping["early"] and code == 0:  # e.g. a port in use: TorchServe logs it and exits 0
+        logger.error("TorchServe stopped before fd1 was serving (see its log: a port in use?)")
+        return 1
     return code
