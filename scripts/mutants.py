@@ -42,29 +42,29 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
-def prepare(modules: list[str], tests: list[str]) -> Path:
-    """A fresh copy of the tracked files with mutmut's settings; returns its path."""
-    shutil.rmtree(WORK, ignore_errors=True)
+def prepare(modules: list[str], tests: list[str], work: Path = WORK) -> Path:
+    """A fresh copy of the tracked files with mutmut's settings in `work`; returns it."""
+    shutil.rmtree(work, ignore_errors=True)
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
     for name in filter(None, (n.decode() for n in tracked)):
         source = ROOT / name
         if source.is_file() and not source.is_symlink():
-            (WORK / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, WORK / name)
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, work / name)
     config = (
         "\n[tool.mutmut]\n"
         f"only_mutate = {_toml_list(modules)}\n"
         'source_paths = ["yolov5face"]\n'
-        'also_copy = ["tests", "pyproject.toml", "scripts"]\n'
+        'also_copy = ["tests", "pyproject.toml", "scripts", "README.md", "docker"]\n'
         f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-m", "not server and not slow", '
         '"-o", "addopts="]\n'
     )
-    with open(WORK / "pyproject.toml", "a") as fh:
+    with open(work / "pyproject.toml", "a") as fh:
         fh.write(config)
-    return WORK
+    return work
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", default=MODULES, help="files to mutate")
     parser.add_argument("--tests", nargs="+", default=TESTS, help="test files to run")
     parser.add_argument("--children", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--work", type=Path, default=WORK, help="scratch folder")
     args = parser.parse_args(argv)
     mutmut = shutil.which("mutmut") or str(Path(sys.executable).parent / "mutmut")
     if not Path(mutmut).exists():
         print("mutmut is not installed: pip install -e '.[dev]'", file=sys.stderr)
         return 2
-    work = prepare(args.modules, args.tests)
+    work = prepare(args.modules, args.tests, args.work.resolve())
     env = dict(os.environ)
     if "YOLOV5FACE_DATA" not in env:  # the copy has no ../shared beside it
         sys.path.insert(0, str(ROOT))
