@@ -38,6 +38,7 @@ def test_every_flag_follows_the_one_rule(name, monkeypatch):
         message = str(err.value)
         assert name in message and repr(word) in message
         assert "1/true/yes/on" in message and "0/false/no/off" in message
+        assert message.endswith("(any case), or leave it empty for the default")
 
 
 @pytest.mark.parametrize("name", FLAGS + INTEGERS)
@@ -54,6 +55,8 @@ def test_unset_or_empty_gives_the_table_default(name, monkeypatch):
         assert settings.flag(name, not default) is (not default)
         monkeypatch.setenv(name, "0" if default else "1")
         assert settings.flag(name, default) is (not default)  # the variable still wins
+    else:
+        assert settings.integer(name, 7) == 7  # a caller's default stands in for the table's
 
 
 def test_flag_defaults():
@@ -72,6 +75,8 @@ def test_integers_parse_or_name_the_variable(name, monkeypatch):
             settings.integer(name)
     minimum = settings.setting(name).minimum
     assert minimum is not None
+    monkeypatch.setenv(name, str(minimum))
+    assert settings.integer(name) == minimum  # the minimum itself is allowed
     monkeypatch.setenv(name, str(minimum - 1))
     with pytest.raises(SettingsError, match=f"{name}=.*at least {minimum}"):
         settings.integer(name)
@@ -82,10 +87,14 @@ def test_text_choices_and_paths(monkeypatch):
 
     assert settings.setting("YOLOV5FACE_BACKEND").choices == BACKENDS
     monkeypatch.setenv("YOLOV5FACE_BACKEND", "tflite")
-    with pytest.raises(SettingsError, match="YOLOV5FACE_BACKEND='tflite': choose one of auto"):
+    choices = re.escape(", ".join(BACKENDS))
+    with pytest.raises(
+        SettingsError, match=f"YOLOV5FACE_BACKEND='tflite': choose one of {choices}$"
+    ):
         choose_backend(None)
     monkeypatch.setenv("YOLOV5FACE_BACKEND", "")
     assert settings.text("YOLOV5FACE_BACKEND") == "auto"
+    assert settings.text("YOLOV5FACE_BACKEND", "onnxruntime") == "onnxruntime"
     monkeypatch.delenv("YOLOV5FACE_MANAGEMENT_TOKEN", raising=False)
     assert settings.text("YOLOV5FACE_MANAGEMENT_TOKEN") is None
     monkeypatch.setenv("YOLOV5FACE_MANAGEMENT_TOKEN", "s3cret")
@@ -97,6 +106,14 @@ def test_text_choices_and_paths(monkeypatch):
     assert settings.path("YOLOV5FACE_CACHE") == Path("/home/someone/elsewhere")
     monkeypatch.delenv("YOLOV5FACE_WEIGHTS", raising=False)
     assert settings.path("YOLOV5FACE_WEIGHTS") is None
+    assert settings.path("YOLOV5FACE_WEIGHTS", "~/w.pt") == Path("/home/someone/w.pt")
+
+
+def test_table_types_name_the_minimum_only_for_integers_that_have_one():
+    shown = settings._shown_type
+    assert shown(settings.Setting("X", "integer", 2, "h", minimum=1)) == "integer ≥ 1"
+    assert shown(settings.Setting("X", "integer", 2, "h")) == "integer"
+    assert shown(settings.Setting("X", "text", None, "h", choices=("a", "b"))) == "`a`, `b`"
 
 
 def test_accessors_refuse_names_python_does_not_read():
