@@ -34,6 +34,7 @@ TESTS = [
     "tests/test_preprocess.py",
     "tests/test_postprocess.py",
     "tests/test_requests.py",
+    "tests/test_request_parsing.py",
     "tests/test_settings.py",
 ]
 

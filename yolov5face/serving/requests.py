@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ _MAX_B64 = 64 * 1024 * 1024
 # Room for one multipart part's boundary and headers (Content-Disposition with a long file
 # name, Content-Type): a body longer than its parts plus this much each hid a repeated field.
 _PART_OVERHEAD = 1024
+# A body TorchServe left as bytes that holds a JSON object (JSON whitespace may lead).
+_JSON_OBJECT = re.compile(rb"[ \t\r\n]*\{")
 
 
 class RequestError(ImageError):
@@ -205,7 +208,7 @@ def _v2_input(entry: Any, idx: int, envelope: bool) -> tuple[str, list[bytes | I
 
 def _json_body(row: dict) -> Any:
     body = row.get("body")
-    if isinstance(body, (bytes, bytearray)) and bytes(body[:1]).lstrip()[:1] == b"{":
+    if isinstance(body, (bytes, bytearray)) and _JSON_OBJECT.match(body):
         try:  # a JSON body TorchServe did not decode (TS_DECODE_INPUT_REQUEST=false)
             return json.loads(bytes(body))
         except ValueError:
