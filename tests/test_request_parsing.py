@@ -190,6 +190,9 @@ def test_multipart_file_beside_text_fields_and_untyped_bytes():
     headers = {**MULTIPART, "upload": {"content-type": "image/png"}, "title": {}}
     row = {"upload": PNG, "title": b"holiday", "caption": "sea"}
     assert request_bytes(row, headers) == PNG
+    # the file part wins even after a text field (curl -F title=holiday -F upload=@x.png)
+    assert request_bytes({"title": b"holiday", "upload": PNG}, headers) == PNG
+    assert request_bytes({"title": b"holiday", "upload": PNG}, MULTIPART) == b"holiday"
 
 
 @pytest.mark.parametrize("count", [2, 3])

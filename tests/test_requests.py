@@ -195,6 +195,18 @@ def test_multipart_with_two_files_gets_400(server, blobs, fields):
 
 @pytest.mark.server
 @pytest.mark.slow
+def test_multipart_file_wins_over_a_text_field(server, blobs, goldens):
+    """`curl -F title=holiday -F upload=@zidane.jpg`: the file part is the image, whatever its
+    field name; the text field before it used to be decoded instead (400 "not an image")."""
+    form = {"title": "holiday"}
+    files = {"upload": ("zidane.jpg", blobs["zidane.jpg"], "image/jpeg")}
+    resp = requests.post(f"{server.http}/predictions/fd1", data=form, files=files, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert not golden_problems(resp.json(), goldens["zidane.jpg"])
+
+
+@pytest.mark.server
+@pytest.mark.slow
 def test_form_urlencoded_body_gets_415_without_echo(server):
     """Issue 23.8: a body the frontend decodes as a form reaches the handler: 415, no echo.
 

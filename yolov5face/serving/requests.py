@@ -131,8 +131,10 @@ def request_bytes(row: Any, headers: dict | None = None) -> bytes:
     if "body" not in row:
         _check_multipart(row, headers)
     value = next((row[k] for k in _BODY_KEYS if row.get(k) is not None), None)
-    if value is None:
-        value = next((v for v in row.values() if isinstance(v, (bytes, bytearray))), b"")
+    if value is None:  # a file part (it has a content type) before any text field
+        blobs = [k for k, v in row.items() if isinstance(v, (bytes, bytearray))]
+        files = [k for k in blobs if _part_type(headers, k)]
+        value = row[(files or blobs)[0]] if blobs else b""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, (dict, list)):
