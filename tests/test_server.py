@@ -173,6 +173,23 @@ def test_body_over_limit_gets_413(server):
     assert resp.status_code == 413
 
 
+def test_image_over_max_pixels_gets_its_own_400(server, expected, check):
+    """A real 8000x5001 PNG (40.0 MP, just over the 40 MP limit, ~120 KB): a 400 naming the size
+    and the limit, read from the header before any decode; the request beside it is answered."""
+    import cv2
+    import numpy as np
+
+    big = cv2.imencode(".png", np.zeros((5001, 8000, 3), np.uint8))[1].tobytes()
+    blobs, _ = expected
+    with cf.ThreadPoolExecutor(2) as pool:
+        over, good = pool.map(lambda body: predict(server, body), [big, blobs["zidane.jpg"]])
+    assert over.status_code == 400, over.text
+    limit = "image too large: 8000x5001 = 40008000 pixels (limit 40000000)"
+    assert over.json() == {"error": limit}
+    assert good.status_code == 200, good.text
+    check("zidane.jpg", good.json())
+
+
 def test_64_concurrent_mixed_requests(server, expected, check, images):
     blobs, _ = expected
     bad = [(images / "bad_image.jpg").read_bytes(), b"", blobs["bus.jpg"][:1000]]
