@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import requests
 from servers import Server, start_server
@@ -173,6 +175,19 @@ def test_v2_empty_inputs_get_400(v2_server):
     resp = post(f"{v2_server.http}/v2/models/fd1/infer", {"inputs": []})
     assert resp.status_code == 400, resp.text
     assert "inputs" in json.loads(resp.json()["outputs"][0]["data"][0])["error"]
+
+
+def test_requests_over_the_image_budget_get_413_behind_the_envelope(v1_server, v2_server):
+    """33 images (the limit is 32 per request) in v1 and v2: 413 in each protocol's shape."""
+    message = "33 images in one request; send at most 32 per request"
+    tiny = base64.b64encode(cv2.imencode(".png", np.zeros((32, 32, 3), np.uint8))[1]).decode()
+    v1 = post(f"{v1_server.http}/v1/models/fd1:predict", {"instances": [{"data": tiny}] * 33})
+    assert v1.status_code == 413, v1.text
+    assert v1.json() == {"predictions": [{"error": message}]}
+    v2 = post(f"{v2_server.http}/v2/models/fd1/infer", v2_body([("x", tiny)] * 33))
+    assert v2.status_code == 413, v2.text
+    (output,) = v2.json()["outputs"]
+    assert output["name"] == "error" and json.loads(output["data"][0]) == {"error": message}
 
 
 @pytest.mark.parametrize("envelope", ["kserve", "kservev2"])

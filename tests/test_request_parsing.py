@@ -24,6 +24,7 @@ from yolov5face.serving.requests import (
     envelope_item,
     error_body,
     is_envelope_row,
+    over_budget,
     parse_request,
     request_bytes,
     split_options,
@@ -574,3 +575,30 @@ def test_answer_v2_without_client_id_uses_the_servers():
     answer = answer_v2(request, [[]], "fd1", "2", "server-9")
     assert answer["id"] == "server-9"
     assert answer["outputs"] == [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["[]"]}]
+
+
+# --------------------------------------------------------------------------
+# the per-request budget: images and pixels
+# --------------------------------------------------------------------------
+
+
+def _png_header(width: int, height: int) -> bytes:
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + b"\0\0\0\rIHDR"
+        + width.to_bytes(4, "big")
+        + height.to_bytes(4, "big")
+    )
+
+
+def test_over_budget_counts_images_and_sums_pixels_of_several():
+    assert over_budget([JPEG] * 3, 3, 10) is None  # headers unreadable: their own answers
+    too_many = over_budget([JPEG] * 4, 3, 10)
+    assert str(too_many) == "4 images in one request; send at most 3 per request"
+    assert too_many.status == 413
+    # one image: its own decode refuses it (400 "image too large"), not the budget
+    assert over_budget([_png_header(100, 100)], 3, 10) is None
+    assert over_budget([_png_header(5, 1), _png_header(5, 1)], 3, 10) is None  # exactly at it
+    over = over_budget([_png_header(5, 1), _png_header(6, 1), ImageError("bad")], 3, 10)
+    assert str(over) == "the images of one request hold 11 pixels; send at most 10 in all"
+    assert over.status == 413

@@ -11,6 +11,7 @@ import json
 import socket
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import requests
@@ -203,6 +204,42 @@ def test_multipart_file_wins_over_a_text_field(server, blobs, goldens):
     resp = requests.post(f"{server.http}/predictions/fd1", data=form, files=files, timeout=60)
     assert resp.status_code == 200, resp.text
     assert not golden_problems(resp.json(), goldens["zidane.jpg"])
+
+
+def _png(width: int, height: int) -> bytes:
+    return cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))[1].tobytes()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_requests_over_the_image_budget_get_413(server, blobs, goldens):
+    """20 MiB of tiny base64 images in one v1 body held a worker past its 30 s response timeout
+    (500 "Worker died", then a restart): at most 32 images, and several images at most
+    max_pixels in all, per request; a raw request beside them is answered."""
+    tiny = b64(_png(32, 32))
+    bodies = {
+        "count": {"instances": [{"data": tiny}] * 33},
+        "pixels": {"instances": [{"data": b64(_png(5000, 4001))}] * 2},
+        "v2": {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [33], "data": [tiny] * 33}]},
+    }
+    url = f"{server.http}/predictions/fd1"
+    with cf.ThreadPoolExecutor(4) as pool:
+        refused = {
+            k: pool.submit(requests.post, url, json=b, timeout=60) for k, b in bodies.items()
+        }
+        good = requests.post(url, data=blobs["zidane.jpg"], timeout=60)
+        limit = requests.post(url, json={"instances": [{"data": tiny}] * 32}, timeout=60)
+    messages = {
+        "count": "33 images in one request; send at most 32 per request",
+        "pixels": "the images of one request hold 40010000 pixels; send at most 40000000 in all",
+        "v2": "33 images in one request; send at most 32 per request",
+    }
+    for name, future in refused.items():
+        resp = future.result()
+        assert resp.status_code == 413, (name, resp.text)
+        assert resp.json() == {"error": messages[name]}, name
+    assert good.status_code == 200 and not golden_problems(goldens["zidane.jpg"], good.json())
+    assert limit.status_code == 200 and limit.json() == {"predictions": [[]] * 32}
 
 
 @pytest.mark.server

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from yolov5face import settings
-from yolov5face.pipeline.decode import ImageError
+from yolov5face.pipeline.decode import DEFAULT_MAX_PIXELS, ImageError
 from yolov5face.pipeline.detector import STAGES, Detector
 from yolov5face.pipeline.options import DEFAULT as DEFAULT_OPTIONS
 from yolov5face.pipeline.options import OptionError, Options, parse_options
@@ -27,6 +27,7 @@ from yolov5face.serving.requests import (
     envelope_item,
     error_body,
     is_envelope_row,
+    over_budget,
     parse_request,
     request_bytes,
     v2_element,
@@ -97,6 +98,7 @@ class FaceDetectionHandler:
         self.metrics: MetricSums | None = None
         self.splitter: BatchSplitter | None = None
         self.model_name = "fd1"
+        self.budget = (32, DEFAULT_MAX_PIXELS)  # per request: images, pixels (model config)
 
     def initialize(self, context: Any) -> None:
         """Build the Detector from the archived model and warm it up."""
@@ -121,10 +123,14 @@ class FaceDetectionHandler:
             weights=onnx_files[0],
             backend=served_backend(settings.text("YOLOV5FACE_BACKEND", config.get("backend"))),
             threads=threads,
-            max_pixels=int(config.get("max_pixels", 40_000_000)),
+            max_pixels=int(config.get("max_pixels", DEFAULT_MAX_PIXELS)),
             max_batch=served_batch({"batchSize": batch_size, "handler": config}),
             fast_decode=_flag(config, "fast_decode", "YOLOV5FACE_FAST_DECODE"),
             build_engine=False,
+        )
+        self.budget = (
+            int(config.get("max_images", 32)),
+            int(config.get("max_pixels", DEFAULT_MAX_PIXELS)),
         )
         cores = usable_cores()
         split = _flag(config, "split_batches", "YOLOV5FACE_SPLIT_BATCHES")
@@ -188,6 +194,10 @@ class FaceDetectionHandler:
         if _from_envelope(data, context):
             return self._handle_envelope(data, context)
         requests = [parse_request(row, _headers(context, idx)) for idx, row in enumerate(data)]
+        for request in requests:
+            refused = request.error or over_budget(request.images, *self.budget)
+            if refused is not None:  # none of its images reach the network
+                request.error, request.images = refused, []
         options = [self._options(request) for request in requests]
         images = [image for request in requests for image in request.images]
         per_image = [o for request, o in zip(requests, options) for _ in request.images]
@@ -239,17 +249,16 @@ class FaceDetectionHandler:
         context.set_response_content_type(0, "application/json")
         if not data:
             exc = RequestError('"instances" (v1) or "inputs" (v2) must be a non-empty list')
-            context.set_response_status(exc.status, str(exc), idx=0)
-            if v2:
-                context.input_names = ["error"]
-                return [v2_element(exc)]
-            return [error_body(exc)]
+            return _envelope_error(exc, v2, context)
         images: list[bytes | ImageError] = []
         for idx, row in enumerate(data):
             try:
                 images.append(envelope_item(row, idx))
             except ImageError as exc:
                 images.append(exc)
+        refused = over_budget(images, *self.budget)
+        if refused is not None:
+            return _envelope_error(refused, v2, context)
         results, timings, parts = self._detect(images)
         failed = next((r for r in results if isinstance(r, ImageError)), None)
         if failed is not None:
@@ -259,6 +268,15 @@ class FaceDetectionHandler:
         if v2:
             return [v2_element(r) for r in results]
         return answer_v1(results)["predictions"]
+
+
+def _envelope_error(exc: ImageError, v2: bool, context: Any) -> list:
+    """The envelope's answer when its whole request is refused (status on request 0)."""
+    context.set_response_status(exc.status, str(exc), idx=0)
+    if v2:
+        context.input_names = ["error"]
+        return [v2_element(exc)]
+    return [error_body(exc)]
 
 
 def _from_envelope(data: list, context: Any) -> bool:

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from yolov5face.pipeline.decode import ImageError
+from yolov5face.pipeline.decode import ImageError, image_size
 from yolov5face.pipeline.options import NAMES as OPTION_NAMES
 
 RAW, V1, V2 = "raw", "v1", "v2"
@@ -258,6 +258,36 @@ def _parse_request(row: Any, headers: dict | None) -> Request:
         return Request(RAW, [request_bytes(row, headers)])
     except ImageError as exc:
         return Request(RAW, error=exc)
+
+
+def over_budget(
+    images: list[bytes | ImageError], max_images: int, max_pixels: int
+) -> RequestError | None:
+    """The 413 for a request of more than `max_images` images, or of several holding more than
+    `max_pixels` pixels in all (read from their headers); None within both.
+
+    One request must not cost more than one image at the limit: 20 MiB of tiny base64 images
+    used to hold a worker past its response timeout (TorchServe then restarts it)."""
+    if len(images) > max_images:
+        return RequestError(
+            f"{len(images)} images in one request; send at most {max_images} per request", 413
+        )
+    if len(images) < 2:
+        return None  # one image: decoding checks its own size (400 "image too large")
+    total = 0
+    for image in images:
+        if isinstance(image, bytes):
+            try:
+                _, width, height = image_size(image)
+            except ImageError:
+                continue  # a bad image gets its own answer
+            total += width * height
+    if total > max_pixels:
+        return RequestError(
+            f"the images of one request hold {total} pixels; send at most {max_pixels} in all",
+            413,
+        )
+    return None
 
 
 def is_envelope_row(row: Any) -> bool:
