@@ -602,3 +602,7 @@ def test_over_budget_counts_images_and_sums_pixels_of_several():
     over = over_budget([_png_header(5, 1), _png_header(6, 1), ImageError("bad")], 3, 10)
     assert str(over) == "the images of one request hold 11 pixels; send at most 10 in all"
     assert over.status == 413
+    two = over_budget([_png_header(6, 1), _png_header(5, 1)], 3, 10)  # two images are several
+    assert str(two) == "the images of one request hold 11 pixels; send at most 10 in all"
+    after_bad = over_budget([JPEG, _png_header(6, 1), _png_header(5, 1)], 3, 10)
+    assert str(after_bad) == str(two)  # an unreadable header is skipped, not the end of the sum
