@@ -379,17 +379,32 @@ def test_bench_batching_runs_every_variant_side_by_side(tmp_path, weights, onnx_
         assert sum(level["server_cpu_ms_per_request"].values()) > 0
 
 
-def test_options_section_measures_the_default_path_against_the_old_one():
-    """bench report, section 7: every variant measured on both images, crop cost per face."""
-    from yolov5face.lab.crops_bench import VARIANTS, measure, options_section
+def _bench_json(*argv: str) -> dict:
+    """`yolov5face bench ...` through the CLI: the JSON summary is the last stdout line."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["bench", *argv]) == 0
+    return json.loads(out.getvalue().strip().splitlines()[-1])
 
-    result = measure(rounds=2)
+
+def test_options_section_measures_the_default_path_against_the_old_one():
+    """bench crops / report section 7: every variant measured on both images, crop cost per face."""
+    from yolov5face.lab.crops_bench import VARIANTS, options_section
+
+    result = _bench_json("crops", "--rounds", "2")
     for row in result["images"].values():
         assert set(row["cpu_ms"]) == set(VARIANTS)
         assert row["faces"]["max_faces=5"] <= 5 and row["crop_ms_per_face"] is not None
     assert result["images"]["test.jpg"]["faces"]["crops=112"] == 67
     text = "\n".join(options_section(result))
     assert "## 7. Per-request options" in text and "pre-options path" in text
+
+
+def test_input_layout_study_times_every_variant(onnx_cache):
+    result = _bench_json("input-layout", "--rounds", "1", "--batch", "2")
+    assert (result["batch"], result["rounds"]) == (2, 1)
+    assert len(result["median_ms"]) == 3 and all(v > 0 for v in result["median_ms"].values())
+    assert result["ratio_to_float_plain"]["float32 input (plain)"] == 1.0
 
 
 def test_reliability_report_lists_every_drill_and_the_soak_memory():

@@ -179,7 +179,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
         "bench",
-        help="benchmarks: model, pipeline, memory, server, batching, report",
+        help="benchmarks: model, pipeline, memory, server, batching, reliability, crops, report",
         description=__doc__,
         epilog="\n\n".join(_EXAMPLES.values()),
         formatter_class=fmt,
@@ -273,6 +273,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     _add_batching_parser(sub, common, fmt)
     _add_reliability_parser(sub, common, fmt)
+    _add_study_parsers(sub, fmt)
 
     q = sub.add_parser(
         "report",
@@ -399,4 +400,39 @@ def _cmd_batching(args: argparse.Namespace) -> int:
         server_warmup=args.server_warmup,
     )
     _emit(result, [text_table(HEADER, batching_rows(result))])
+    return 0
+
+
+def _add_study_parsers(sub: argparse._SubParsersAction, fmt: type) -> None:
+    """`yolov5face bench crops` and `yolov5face bench input-layout` (in-process studies)."""
+    q = sub.add_parser(
+        "crops",
+        help="CPU per request with and without aligned crops (docs/benchmarks.md)",
+        epilog="example:\n  yolov5face bench crops --rounds 40",
+        formatter_class=fmt,
+    )
+    q.add_argument("--rounds", type=int, default=40, help="interleaved rounds (default 40)")
+    q.set_defaults(func=_cmd_crops)
+    q = sub.add_parser(
+        "input-layout",
+        help="float or uint8 model input on the CPU (docs/experiments.md)",
+        epilog="example:\n  yolov5face bench input-layout --rounds 30 --batch 4",
+        formatter_class=fmt,
+    )
+    q.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
+    q.add_argument("--batch", type=int, default=4, help="images per batch (default 4)")
+    q.set_defaults(func=_cmd_input_layout)
+
+
+def _cmd_crops(args: argparse.Namespace) -> int:
+    from yolov5face.lab.crops_bench import measure
+
+    _emit(measure(args.rounds), [])
+    return 0
+
+
+def _cmd_input_layout(args: argparse.Namespace) -> int:
+    from yolov5face.lab.input_layout import measure
+
+    _emit(measure(args.rounds, args.batch), [])
     return 0

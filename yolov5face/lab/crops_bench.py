@@ -1,6 +1,6 @@
 """What per-request options cost: CPU time per request with and without aligned crops.
 
-    python -m yolov5face.lab.crops_bench [--rounds 40]
+    yolov5face bench crops [--rounds 40]
 
 In process, one request at a time (the handler's work without TorchServe), on zidane.jpg (2
 faces) and test.jpg (67 faces); the variants interleave round by round so drift hits them
@@ -9,10 +9,7 @@ alike. CPU time of this process (time.process_time) per request; JSON on stdout.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -85,16 +82,3 @@ def options_section(result: dict) -> list[str]:
     per_face = ", ".join(f"{n}: {r['crop_ms_per_face']} ms" for n, r in result["images"].items())
     lines += ["", f"A 112x112 crop (warp + JPEG + base64) costs per face: {per_face}.", ""]
     return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the comparison; JSON on stdout."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    args = parser.parse_args(argv)
-    print(json.dumps(measure(args.rounds), indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

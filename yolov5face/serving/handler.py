@@ -18,6 +18,7 @@ from yolov5face.serving.busy_board import usable_cores
 from yolov5face.serving.engines import served_backend, served_batch
 from yolov5face.serving.malloc_tuning import keep_freed_buffers
 from yolov5face.serving.requests import (
+    DEFAULT_MAX_IMAGES,
     RAW,
     V1,
     Request,
@@ -98,7 +99,7 @@ class FaceDetectionHandler:
         self.metrics: MetricSums | None = None
         self.splitter: BatchSplitter | None = None
         self.model_name = "fd1"
-        self.budget = (32, DEFAULT_MAX_PIXELS)  # per request: images, pixels (model config)
+        self.budget = (DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS)  # per request: images, pixels
 
     def initialize(self, context: Any) -> None:
         """Build the Detector from the archived model and warm it up."""
@@ -129,7 +130,7 @@ class FaceDetectionHandler:
             build_engine=False,
         )
         self.budget = (
-            int(config.get("max_images", 32)),
+            int(config.get("max_images", DEFAULT_MAX_IMAGES)),
             int(config.get("max_pixels", DEFAULT_MAX_PIXELS)),
         )
         cores = usable_cores()

@@ -34,6 +34,8 @@ _MAX_B64 = 64 * 1024 * 1024
 # Room for one multipart part's boundary and headers (Content-Disposition with a long file
 # name, Content-Type): a body longer than its parts plus this much each hid a repeated field.
 _PART_OVERHEAD = 1024
+# Images one request may carry (handler.max_images in model-config.yaml overrides).
+DEFAULT_MAX_IMAGES = 32
 # A body TorchServe left as bytes that holds a JSON object (JSON whitespace may lead).
 _JSON_OBJECT = re.compile(rb"[ \t\r\n]*\{")
 
