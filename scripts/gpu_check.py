@@ -12,7 +12,8 @@ machine can run it and is otherwise recorded as skipped with the reason:
                    second thread
   two_processes    two pre-start steps on an empty cache: exactly one build
   torch2trt        the torch2trt route: one dynamic-batch engine, parity
-  fp16_contract    WIDER AP and box/score shifts of fp16 (torch CUDA, TensorRT) against fp32
+  fp16_contract    the fp16 contract (yolov5face/lab/fp16_study.py) for torch CUDA and TensorRT:
+                   largest box/score/landmark shifts from fp32 and WIDER AP
   pytest_gpu       tests/test_gpu.py
 
 Examples:
@@ -259,31 +260,23 @@ def part_torch2trt(check: Check) -> dict:
 
 def part_fp16_contract(check: Check) -> dict:
     torch = _cuda_torch()  # noqa: F841
+    from yolov5face.lab.fp16_study import breaches, contract, half_detector, photos
     from yolov5face.pipeline.detector import Detector
-    from yolov5face.tools.evaluate import run_widerface
 
     wider = check.shared / "widerface"
     if not (wider / "gt.json").is_file():
         raise Skip(f"no WIDER subset at {wider}")
-    results = {
-        "fp32_onnxruntime_cpu": run_widerface(
-            check.reference_detector(), wider / "images", wider / "gt.json"
-        )
-    }
-    results["fp16_torch_cuda"] = run_widerface(
-        Detector(check.weights, backend="torch", device="cuda"), wider / "images", wider / "gt.json"
-    )
+    reference, paths = check.reference_detector(), photos(check.shared)
+    candidates = {"torch_cuda_fp16": lambda: half_detector(check.weights, "cuda")}
     if importlib.util.find_spec("tensorrt") is not None:
-        results["fp16_tensorrt"] = run_widerface(
-            Detector(check.onnx(), backend="tensorrt"), wider / "images", wider / "gt.json"
-        )
-    base = results["fp32_onnxruntime_cpu"]
-    shifts = {
-        name: {k: round(v - base[k], 4) for k, v in ap.items()}
-        for name, ap in results.items()
-        if name != "fp32_onnxruntime_cpu"
-    }
-    return {"status": "ok", "ap": results, "ap_shift_vs_fp32": shifts}
+        candidates["tensorrt_fp16"] = lambda: Detector(check.onnx(), backend="tensorrt")
+    out, failed = {}, False
+    for name, make in candidates.items():
+        report = contract(make(), reference, paths, wider)
+        report["breaches"] = breaches(report)
+        failed = failed or bool(report["breaches"])
+        out[name] = report
+    return {"status": "failed" if failed else "ok", **out}
 
 
 def part_pytest_gpu(check: Check) -> dict:

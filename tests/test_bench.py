@@ -423,3 +423,33 @@ def test_reliability_report_lists_every_drill_and_the_soak_memory():
     text = report(results, "yolov5face bench reliability")
     assert text.count("| 4 | 200: 2, 500: 1, ClientConnectorError: 1 | 2 |") == len(DRILLS)
     assert "| 1.0 | 260.0 | 250.0 |" in text and "    yolov5face bench reliability" in text
+
+
+def test_fp16_study_measures_torch_half_against_onnxruntime_fp32(onnx_cache):
+    """bench fp16 on the CPU: torch's half kernels on the six photos keep the golden rule."""
+    result = _bench_json("fp16", "--limit", "6", "--no-ap")
+    assert result["fp16"]["precision"] == "fp16" and result["fp32"]["precision"] == "fp32"
+    assert (result["images"], result["pairs"], result["missing"], result["extra"]) == (6, 77, 0, 0)
+    assert result["breaches"] == [] and result["images_off_golden_rule"] == {}
+    assert 0 < result["max_shift"]["conf"] <= 0.005  # fp16 moves scores, within the contract
+    assert "ap" not in result
+    from yolov5face.lab.fp16_study import fp16_section
+
+    text = "\n".join(fp16_section(result))
+    assert "## 8. fp16 against fp32" in text and "77 faces paired" in text
+    assert f"| conf | {result['max_shift']['conf']} | 0.005 |" in text
+    assert "Breaches: none: the contract holds." in text
+
+
+def test_fp16_breaches_name_each_image_and_ap_subset():
+    from yolov5face.lab.fp16_study import AP_TOLERANCE, breaches
+
+    report = {
+        "images_off_golden_rule": {"a.jpg": ["face 0: conf 0.9000 vs 0.8900"]},
+        "ap_shift": {"easy": -AP_TOLERANCE, "medium": 0.0, "hard": -0.0051},
+    }
+    assert breaches(report) == [
+        "a.jpg: face 0: conf 0.9000 vs 0.8900",
+        "WIDER hard AP moved by -0.0051 (> 0.005)",
+    ]
+    assert breaches({"images_off_golden_rule": {}}) == []

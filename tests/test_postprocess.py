@@ -7,7 +7,7 @@ import pytest
 
 from yolov5face.pipeline.heads import Faces, anchor_table, decode_predictions, to_json_faces
 from yolov5face.pipeline.nms import box_iou, nms
-from yolov5face.tools.compare import compare_faces
+from yolov5face.tools.compare import compare_faces, face_shifts
 
 
 def _greedy(boxes, scores, thr):
@@ -86,3 +86,46 @@ def test_compare_rule():
     assert compare_faces([face], [far])
     assert compare_faces([face], []) and compare_faces([], [face])
     assert compare_faces([face, edge], [face]) == []  # within 0.005 of the threshold
+
+
+def test_compare_rule_passes_a_difference_of_exactly_the_tolerance():
+    """0.125 - 0.123 is 0.0020000000000000018 in float64: two rounding steps still pass."""
+    face = {"xywh_ratio": [0.123, 0.5, 0.2, 0.2], "conf": 0.9, "landmarks_ratio": [0.5] * 10}
+    two_steps = {
+        "xywh_ratio": [0.125, 0.5, 0.2, 0.2],
+        "conf": 0.895,
+        "landmarks_ratio": [0.495] + [0.5] * 9,
+    }
+    assert compare_faces([face], [two_steps]) == []
+    three_steps = {**two_steps, "xywh_ratio": [0.126, 0.5, 0.2, 0.2]}
+    assert compare_faces([face], [three_steps]) == [
+        "face 0: xywh_ratio differs by 0.0030 (> 0.002)"
+    ]
+    low = {**face, "conf": 0.305}  # exactly CONF_TOL from the threshold: may flip, not a problem
+    assert compare_faces([low], []) == [] and compare_faces([], [low]) == []
+
+
+def test_face_shifts():
+    face = {"xywh_ratio": [0.5, 0.5, 0.2, 0.2], "conf": 0.9, "landmarks_ratio": [0.5] * 10}
+    moved = {"xywh_ratio": [0.503, 0.5, 0.2, 0.2], "conf": 0.88, "landmarks_ratio": [0.51] * 10}
+    other = {"xywh_ratio": [0.1, 0.1, 0.05, 0.05], "conf": 0.6, "landmarks_ratio": [0.1] * 10}
+    edge = {**other, "xywh_ratio": [0.8, 0.8, 0.05, 0.05], "conf": 0.303}
+    shifts = face_shifts([face, other], [moved, edge])
+    assert shifts == pytest.approx(
+        {
+            "pairs": 1,
+            "xywh_ratio": 0.003,
+            "conf": 0.02,
+            "landmarks_ratio": 0.01,
+            "missing": 1,
+            "extra": 0,
+        }
+    )
+    assert face_shifts([], []) == {
+        "pairs": 0,
+        "xywh_ratio": 0.0,
+        "conf": 0.0,
+        "landmarks_ratio": 0.0,
+        "missing": 0,
+        "extra": 0,
+    }

@@ -404,7 +404,7 @@ def _cmd_batching(args: argparse.Namespace) -> int:
 
 
 def _add_study_parsers(sub: argparse._SubParsersAction, fmt: type) -> None:
-    """`yolov5face bench crops` and `yolov5face bench input-layout` (in-process studies)."""
+    """`yolov5face bench crops`, `input-layout` and `fp16` (in-process studies)."""
     q = sub.add_parser(
         "crops",
         help="CPU per request with and without aligned crops (docs/benchmarks.md)",
@@ -422,6 +422,18 @@ def _add_study_parsers(sub: argparse._SubParsersAction, fmt: type) -> None:
     q.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
     q.add_argument("--batch", type=int, default=4, help="images per batch (default 4)")
     q.set_defaults(func=_cmd_input_layout)
+    q = sub.add_parser(
+        "fp16",
+        help="how far fp16 moves answers and WIDER AP from fp32 (docs/benchmarks.md)",
+        epilog="examples:\n  yolov5face bench fp16                 # CPU half kernels, all images\n"
+        "  yolov5face bench fp16 --device cuda   # torch CUDA fp16 on a GPU",
+        formatter_class=fmt,
+    )
+    q.add_argument("--device", default="cpu", help="torch device of the fp16 side (default cpu)")
+    q.add_argument("--limit", type=int, default=None, help="first N images only")
+    q.add_argument("--no-ap", action="store_true", help="skip the WIDER AP comparison")
+    q.epilog += "\nexit status: 0 the fp16 contract holds, 1 it is broken (see 'breaches')"
+    q.set_defaults(func=_cmd_fp16)
 
 
 def _cmd_crops(args: argparse.Namespace) -> int:
@@ -436,3 +448,11 @@ def _cmd_input_layout(args: argparse.Namespace) -> int:
 
     _emit(measure(args.rounds, args.batch), [])
     return 0
+
+
+def _cmd_fp16(args: argparse.Namespace) -> int:
+    from yolov5face.lab.fp16_study import measure
+
+    report = measure(args.device, args.limit, ap=not args.no_ap)
+    _emit(report, [])
+    return 1 if report["breaches"] else 0

@@ -137,6 +137,8 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
         f"--duration {s.server_duration:g} --requests {s.server_requests} "
         f"--ceiling-seconds {s.ceiling_seconds:g} --server-warmup {s.server_warmup:g} "
         f"--eager-torch-requests {s.eager_torch_requests} --rounds {s.server_rounds}",
+        "yolov5face bench crops --rounds " + ("10" if quick else "40"),
+        "yolov5face bench fp16" + (" --limit 6 --no-ap" if quick else ""),
     ]
     parts = [
         "# Benchmarks",
@@ -198,6 +200,10 @@ def write_report(results: dict, out: Path, settings: ReportSettings, quick: bool
         from yolov5face.lab.crops_bench import options_section
 
         parts += options_section(results["options"])
+    if "fp16" in results:
+        from yolov5face.lab.fp16_study import fp16_section
+
+        parts += fp16_section(results["fp16"])
     parts += GPU_SECTION
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts))
@@ -211,7 +217,8 @@ def run_report(
 
     settings = ReportSettings.quick() if quick else ReportSettings()
     sections = list(
-        sections or ("model", "pipeline", "memory", "server", "decode", "loadtool", "options")
+        sections
+        or ("model", "pipeline", "memory", "server", "decode", "loadtool", "options", "fp16")
     )
     t0 = time.monotonic()
     results: dict[str, Any] = {"environment": environment(), "quick": quick}
@@ -271,6 +278,11 @@ def run_report(
 
         logger.warning("bench report: per-request options")
         results["options"] = measure(rounds=10 if quick else 40)
+    if "fp16" in sections:
+        from yolov5face.lab.fp16_study import measure as measure_fp16
+
+        logger.warning("bench report: fp16 against fp32")
+        results["fp16"] = measure_fp16(weights=weights, limit=6 if quick else None, ap=not quick)
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
     write_report(results, out, settings, quick)
     return results

@@ -338,6 +338,6 @@ GPU_SECTION = [
     "No GPU was lent to the session that produced this report, and no TensorRT is "
     "installed on these machines: the torch CUDA (fp16, CUDA graphs), TensorRT and torch2trt "
     "paths (`tests/test_gpu.py`, marked `gpu`) were skipped here and are **untested**. "
-    "Nothing in this report was measured on a GPU.",
+    "Nothing in this report was measured on a GPU; section 8 emulates fp16 on the CPU.",
     "",
 ]

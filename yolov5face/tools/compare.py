@@ -10,6 +10,10 @@ import numpy as np
 from yolov5face.pipeline.nms import box_iou
 
 BOX_TOL, CONF_TOL, LANDMARK_TOL = 0.002, 0.005, 0.005
+# A difference of exactly a tolerance (two 3-decimal steps: 0.125 - 0.123) must pass, and in
+# float64 it comes out a few ulps above it (0.0020000000000000018).
+_SLACK = 1e-9
+FACE_KEYS = ("xywh_ratio", "conf", "landmarks_ratio")
 
 
 def _corners(faces: Sequence[dict]) -> np.ndarray:
@@ -17,48 +21,77 @@ def _corners(faces: Sequence[dict]) -> np.ndarray:
     return np.concatenate((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), axis=1)
 
 
+def pair_faces(expected: Sequence[dict], actual: Sequence[dict]) -> list[tuple[int, int]]:
+    """(i, j) pairs: each expected face with the unpaired actual face of highest IoU (>= 0.5)."""
+    if not expected or not actual:
+        return []
+    iou = box_iou(_corners(expected), _corners(actual))
+    used: set[int] = set()
+    pairs = []
+    for i in range(len(expected)):
+        candidates = [k for k in np.argsort(-iou[i]) if k not in used and iou[i, k] >= 0.5]
+        if candidates:
+            used.add(int(candidates[0]))
+            pairs.append((i, int(candidates[0])))
+    return pairs
+
+
+def _unpaired(faces: Sequence[dict], paired: set[int], threshold: float) -> list[int]:
+    """Faces left unpaired whose conf is not within CONF_TOL of the threshold."""
+    return [
+        k
+        for k, face in enumerate(faces)
+        if k not in paired and abs(face["conf"] - threshold) > CONF_TOL + _SLACK
+    ]
+
+
 def compare_faces(
     expected: Sequence[dict], actual: Sequence[dict], threshold: float = 0.3
 ) -> list[str]:
     """Problems found comparing two face lists (empty list = they match).
 
-    Each expected face is paired with the unpaired actual face of highest IoU (>= 0.5); paired
-    values must agree within the tolerances; an unpaired face on either side is a problem unless
-    its conf is within CONF_TOL of the threshold (its score may flip with float noise).
+    Faces are paired by `pair_faces`; paired values must agree within the tolerances; an
+    unpaired face on either side is a problem unless its conf is within CONF_TOL of the
+    threshold (its score may flip with float noise).
     """
-    problems: list[str] = []
-    iou = box_iou(_corners(expected), _corners(actual)) if expected and actual else None
-    used: set[int] = set()
-    for i, exp in enumerate(expected):
-        j = -1
-        if iou is not None:
-            candidates = [k for k in np.argsort(-iou[i]) if k not in used and iou[i, k] >= 0.5]
-            j = int(candidates[0]) if candidates else -1
-        if j < 0:
-            if abs(exp["conf"] - threshold) > CONF_TOL:
-                problems.append(f"missing face {i} (conf {exp['conf']:.3f})")
-            continue
-        used.add(j)
-        act = actual[j]
-        checks = (("xywh_ratio", BOX_TOL), ("landmarks_ratio", LANDMARK_TOL))
-        for key, tol in checks:
+    pairs = pair_faces(expected, actual)
+    problems = [
+        f"missing face {i} (conf {expected[i]['conf']:.3f})"
+        for i in _unpaired(expected, {i for i, _ in pairs}, threshold)
+    ]
+    for i, j in pairs:
+        exp, act = expected[i], actual[j]
+        for key, tol in (("xywh_ratio", BOX_TOL), ("landmarks_ratio", LANDMARK_TOL)):
             diff = np.abs(np.subtract(exp[key], act[key])).max()
-            if diff > tol:
+            if diff > tol + _SLACK:
                 problems.append(f"face {i}: {key} differs by {diff:.4f} (> {tol})")
-        if abs(exp["conf"] - act["conf"]) > CONF_TOL:
+        if abs(exp["conf"] - act["conf"]) > CONF_TOL + _SLACK:
             problems.append(f"face {i}: conf {exp['conf']:.4f} vs {act['conf']:.4f}")
-    for j, act in enumerate(actual):
-        if j not in used and abs(act["conf"] - threshold) > CONF_TOL:
-            problems.append(f"extra face {j} (conf {act['conf']:.3f})")
+    problems += [
+        f"extra face {j} (conf {actual[j]['conf']:.3f})"
+        for j in _unpaired(actual, {j for _, j in pairs}, threshold)
+    ]
     return problems
+
+
+def face_shifts(
+    expected: Sequence[dict], actual: Sequence[dict], threshold: float = 0.3
+) -> dict[str, float | int]:
+    """How far `actual` moved from `expected`: the largest difference of each value over the
+    paired faces, and the faces left unpaired (outside the threshold band) on either side."""
+    pairs = pair_faces(expected, actual)
+    shifts: dict[str, float | int] = {"pairs": len(pairs)}
+    for key in FACE_KEYS:
+        diffs = [np.abs(np.subtract(expected[i][key], actual[j][key])).max() for i, j in pairs]
+        shifts[key] = float(max(diffs, default=0.0))
+    shifts["missing"] = len(_unpaired(expected, {i for i, _ in pairs}, threshold))
+    shifts["extra"] = len(_unpaired(actual, {j for _, j in pairs}, threshold))
+    return shifts
 
 
 def faces_match(expected: Sequence[dict], actual: Sequence[dict], threshold: float = 0.3) -> bool:
     """True when the two face lists agree by the golden comparison rule."""
     return not compare_faces(expected, actual, threshold)
-
-
-FACE_KEYS = ("xywh_ratio", "conf", "landmarks_ratio")
 
 
 def convention_problems(faces: Any) -> list[str]:

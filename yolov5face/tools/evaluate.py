@@ -12,13 +12,13 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def progress(iterable, total: int, desc: str):
+def progress(iterable, total: int, desc: str, unit: str = "img"):
     """A tqdm progress bar on stderr (plain iteration when tqdm is missing)."""
     try:
         from tqdm import tqdm
     except ImportError:
         return iterable
-    return tqdm(iterable, total=total, desc=desc, unit="img", file=sys.stderr)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr)
 
 
 def pixel_detections(
@@ -32,7 +32,7 @@ def pixel_detections(
 
     detections: dict[str, np.ndarray] = {}
     chunks = [keys[i : i + batch] for i in range(0, len(keys), batch)]
-    for chunk in progress(chunks, total=len(chunks), desc="widerface"):
+    for chunk in progress(chunks, total=len(chunks), desc="widerface", unit="batch"):
         for key, det in zip(chunk, detect([(images / k).read_bytes() for k in chunk])):
             if isinstance(det, Exception):
                 raise det
