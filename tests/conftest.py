@@ -43,6 +43,17 @@ def images(shared: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def crowd(images: Path) -> bytes:
+    """A 2000 x 2000 JPEG of 400 faces (head.jpg tiled 20 x 20): a crowd, to the model."""
+    import cv2
+    import numpy as np
+
+    head = cv2.imread(str(images / "head.jpg"))
+    tile = cv2.resize(head, (100, 100), interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".jpg", np.tile(tile, (20, 20, 1)))[1].tobytes()
+
+
+@pytest.fixture(scope="session")
 def golden_names(shared: Path) -> list[str]:
     names = sorted(p.name[: -len(".json")] for p in (shared / "golden" / "seed320").glob("*.json"))
     assert names, "no golden files found"

@@ -26,7 +26,9 @@ from yolov5face.tools.compare import golden_problems
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 # What deploy/kserve/inferenceservice*.yaml set on the predictor container.
-KSERVE_ENV = {"YOLOV5FACE_BATCH_SIZE": "1"}
+# A low frontend answer limit (the default is 6.5 MB), which the handler must follow.
+MAX_RESPONSE = 300_000
+KSERVE_ENV = {"YOLOV5FACE_BATCH_SIZE": "1", "TS_MAX_RESPONSE_SIZE": str(MAX_RESPONSE)}
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +190,30 @@ def test_requests_over_the_image_budget_get_413_behind_the_envelope(v1_server, v
     assert v2.status_code == 413, v2.text
     (output,) = v2.json()["outputs"]
     assert output["name"] == "error" and json.loads(output["data"][0]) == {"error": message}
+
+
+def test_answers_over_the_frontend_limit_get_413_behind_the_envelope(v1_server, v2_server, crowd):
+    """Five crowds of 400 faces make ~380 KB of answer, over TS_MAX_RESPONSE_SIZE (300 KB):
+    TorchServe would drop the worker; the handler answers 413 in the protocol's shape."""
+    item = base64.b64encode(crowd).decode()
+    for server, body, route in (
+        (v1_server, {"instances": [{"b64": item}] * 5}, "/v1/models/fd1:predict"),
+        (v2_server, v2_body([("x", item)] * 5), "/v2/models/fd1/infer"),
+    ):
+        pids = [w["pid"] for w in server.workers()]
+        resp = post(server.http + route, body)
+        assert resp.status_code == 413, resp.text[:300]
+        text = json.dumps(resp.json())
+        assert f"over the server's limit of {MAX_RESPONSE}" in text, text[:300]
+        assert [w["pid"] for w in server.workers()] == pids  # the worker was not dropped
+        one = post(server.http + route, {**body, **_first(body)})
+        assert one.status_code == 200, one.text[:300]
+
+
+def _first(body: dict) -> dict:
+    """The same body with only its first image."""
+    key = "instances" if "instances" in body else "inputs"
+    return {key: body[key][:1]}
 
 
 @pytest.mark.parametrize("envelope", ["kserve", "kservev2"])

@@ -8,7 +8,7 @@ import pytest
 
 from yolov5face.pipeline.align import aligned_crops, decode_crop, similarity, template
 from yolov5face.pipeline.heads import to_pixels
-from yolov5face.pipeline.options import OptionError, Options, parse_options
+from yolov5face.pipeline.options import AnswerTooLarge, OptionError, Options, parse_options
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +228,27 @@ def test_split_batches_keep_each_requests_options(detector, photos, tmp_path):
     )
     assert split == detector.detect(blobs, options=options)
     assert len(split[0]) == 2 and "crop" in split[2][0] and "crop" not in split[1][0]
+
+
+def test_crops_stop_at_the_answer_budget_and_batch_mates_keep_theirs(detector, photos):
+    """`answer_bytes` counts the JSON exactly: the full answer fits its own size, not one byte
+    less; a smaller budget ends the crops early with that image's own 413."""
+    group, other = photos["test.jpg"], photos["zidane.jpg"]
+    (full,) = detector.detect([group], options=Options(crops=112))
+    size = len(json.dumps(full))
+    assert detector.detect([group], options=Options(crops=112, answer_bytes=size)) == [full]
+    (short,) = detector.detect([group], options=Options(crops=112, answer_bytes=size - 1))
+    assert isinstance(short, AnswerTooLarge) and short.status == 413
+    assert "at crop 67 of 67" in str(short) and "max_faces" in str(short)
+    first = len(json.dumps(detector.detect([group])[0])) + len(', "crop": ""')
+    first += len(full[0]["crop"])
+    tight = Options(crops=112, answer_bytes=first)  # room for exactly one crop
+    mate = Options(crops=112)
+    out = detector.detect([group, other, group], options=[tight, mate, Options()])
+    assert isinstance(out[0], AnswerTooLarge) and "at crop 2 of 67" in str(out[0])
+    assert out[1] == detector.detect([other], options=mate)[0] and out[2] == full_without(full)
+
+
+def full_without(faces: list[dict]) -> list[dict]:
+    """The answer without its crops."""
+    return [{k: v for k, v in face.items() if k != "crop"} for face in faces]

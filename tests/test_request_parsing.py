@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -606,3 +607,59 @@ def test_over_budget_counts_images_and_sums_pixels_of_several():
     assert str(two) == "the images of one request hold 11 pixels; send at most 10 in all"
     after_bad = over_budget([JPEG, _png_header(6, 1), _png_header(5, 1)], 3, 10)
     assert str(after_bad) == str(two)  # an unreadable header is skipped, not the end of the sum
+
+
+def test_answer_share_leaves_room_for_the_wrapping_and_splits_the_rest():
+    from yolov5face.serving.requests import answer_share
+
+    assert answer_share(6_553_500, 1) == 6_553_500 - 4096
+    assert answer_share(6_553_500, 2) == (6_553_500 - 4096) // 2
+    assert answer_share(6_553_500, 0) == 6_553_500 - 4096  # a refused request keeps no images
+    assert answer_share(100, 3) == 0
+
+
+def test_answer_too_large_is_413_naming_size_limit_and_the_ways_out():
+    from yolov5face.serving.requests import answer_too_large
+
+    exc = answer_too_large(7_000_000, 6_553_500)
+    assert exc.status == 413 and "7000000 bytes" in str(exc) and "limit of 6553500" in str(exc)
+    assert "max_faces" in str(exc) and "crop_format=jpeg" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("config", "env", "limit"),
+    [
+        ({}, None, 6_553_500),
+        ({"max_answer_bytes": 1000}, None, 1000),
+        ({"max_answer_bytes": 1000}, "500", 500),  # the frontend's lower limit wins
+        ({"max_answer_bytes": 1000}, "5000", 1000),
+        ({}, "not a number", 6_553_500),
+    ],
+)
+def test_answer_limit_is_the_smaller_of_the_handler_and_frontend_limits(
+    monkeypatch, config, env, limit
+):
+    from yolov5face.serving.handler import answer_limit
+
+    if env is None:
+        monkeypatch.delenv("TS_MAX_RESPONSE_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("TS_MAX_RESPONSE_SIZE", env)
+    assert answer_limit(config) == limit
+
+
+def test_shipped_answer_limit_is_the_frontends_max_response_size():
+    """config.properties and model-config.yaml name the same limit, and it is the default."""
+    import yaml
+
+    from yolov5face.serving.requests import DEFAULT_MAX_ANSWER_BYTES
+
+    config = Path(__file__).parents[1] / "yolov5face" / "serving" / "config"
+    props = dict(
+        line.split("=", 1)
+        for line in (config / "config.properties").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    handler = yaml.safe_load((config / "model-config.yaml").read_text())["handler"]
+    assert int(props["max_response_size"]) == handler["max_answer_bytes"]
+    assert handler["max_answer_bytes"] == DEFAULT_MAX_ANSWER_BYTES

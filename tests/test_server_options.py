@@ -141,3 +141,38 @@ def test_other_routes_carry_options_and_predictions_drops_them(server, images):
         url(server), files={"data": ("test.jpg", blob, "image/jpeg")}, data={"max_faces": "2"}
     )
     assert form.status_code == 200 and len(form.json()) == 2, form.text
+
+
+def test_answer_over_the_response_limit_is_its_own_413_and_no_worker_dies(
+    server, images, goldens, crowd
+):
+    """512 px PNG crops of 400 faces would be ~113 MB of JSON: TorchServe drops a worker whose
+    answer passes max_response_size (6.5 MB), failing its batch. The handler stops the crops at
+    the limit and answers 413; batch-mates get their golden answers; no worker restarts."""
+    blob = (images / "zidane.jpg").read_bytes()
+    pids = sorted(w["pid"] for w in server.workers())
+
+    def crowd_crops():
+        params = {"crops": "512", "crop_format": "png"}
+        return requests.put(invoke(server), data=crowd, params=params, timeout=60)
+
+    def good():
+        return requests.put(url(server), data=blob, timeout=60)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(crowd_crops if k % 4 == 0 else good) for k in range(16)]
+        answers = [f.result() for f in futures]
+    for k, resp in enumerate(answers):
+        if k % 4 == 0:
+            assert resp.status_code == 413, resp.text[:300]
+            error = resp.json()["error"]
+            assert "the server's limit" in error and "crop_format=jpeg" in error, error
+        else:
+            assert resp.status_code == 200, resp.text[:300]
+            assert golden_problems(goldens["zidane.jpg"], resp.json()) == []
+    assert sorted(w["pid"] for w in server.workers()) == pids
+    assert "Worker died" not in server.tail(500_000)
+    # A big answer within the limit still comes back whole: 400 small JPEG crops, ~2.5 MB.
+    resp = requests.put(invoke(server), data=crowd, params={"crops": "112"}, timeout=60)
+    assert resp.status_code == 200 and len(resp.json()) >= 350
+    assert all("crop" in face for face in resp.json())

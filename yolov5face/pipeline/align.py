@@ -8,6 +8,7 @@ crop (eyes, nose tip, mouth corners); other square sizes scale it.
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -47,13 +48,16 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def aligned_crops(image: np.ndarray, landmarks: np.ndarray, size: int) -> list[np.ndarray]:
-    """One `size` x `size` BGR crop per face of `image`, from its (K, 10) pixel landmarks."""
+def aligned_crops(image: np.ndarray, landmarks: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    """One `size` x `size` BGR crop per face of `image`, from its (K, 10) pixel landmarks.
+
+    Made one at a time as the caller asks (a 512 px crop is 768 KB; an image may hold 1000s).
+    """
     import cv2
 
     reference = template(size)
-    return [
-        cv2.warpAffine(
+    for points in landmarks:
+        yield cv2.warpAffine(
             image,
             similarity(points.reshape(5, 2), reference),
             (size, size),
@@ -61,8 +65,6 @@ def aligned_crops(image: np.ndarray, landmarks: np.ndarray, size: int) -> list[n
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=(0, 0, 0),
         )
-        for points in landmarks
-    ]
 
 
 def encode_crop(crop: np.ndarray, fmt: str = "jpeg", quality: int = 95) -> str:

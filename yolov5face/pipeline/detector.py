@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from yolov5face.pipeline.letterbox import (
     letterbox_batch_uint8,
     letterbox_geometry,
 )
-from yolov5face.pipeline.options import DEFAULT, Options, select
+from yolov5face.pipeline.options import DEFAULT, AnswerTooLarge, Options, select
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +45,40 @@ class Detection:
         faces = select(self.faces, self.geometry, options)
         out = to_json_faces(faces, self.geometry)
         if options.crops and len(faces):
-            from yolov5face.pipeline.align import aligned_crops, encode_crop
-
-            if self.image is None:
-                raise ValueError("crops need the decoded image: detect with the crops option")
-            _, marks = to_pixels(faces, self.geometry)
-            # A reduced-scale decode (fast_decode) holds fewer pixels than the original.
-            h, w = self.image.shape[:2]
-            marks = marks * np.tile([w / self.geometry[0], h / self.geometry[1]], 5)
-            for face, crop in zip(out, aligned_crops(self.image, marks, options.crops)):
-                face["crop"] = encode_crop(crop, options.crop_format, options.crop_quality)
+            self._add_crops(out, faces, options)
         return out
+
+    def _add_crops(self, out: list[dict], faces: Faces, options: Options) -> None:
+        """Add each face's aligned crop; AnswerTooLarge once they pass `options.answer_bytes`."""
+        from yolov5face.pipeline.align import aligned_crops, encode_crop
+
+        if self.image is None:
+            raise ValueError("crops need the decoded image: detect with the crops option")
+        _, marks = to_pixels(faces, self.geometry)
+        # A reduced-scale decode (fast_decode) holds fewer pixels than the original.
+        h, w = self.image.shape[:2]
+        marks = marks * np.tile([w / self.geometry[0], h / self.geometry[1]], 5)
+        limit = options.answer_bytes
+        used = len(json.dumps(out)) if limit is not None else 0
+        for k, (face, crop) in enumerate(zip(out, aligned_crops(self.image, marks, options.crops))):
+            face["crop"] = encode_crop(crop, options.crop_format, options.crop_quality)
+            used += len(face["crop"]) + len(', "crop": ""')
+            if limit is not None and used > limit:
+                raise AnswerTooLarge(
+                    f"the answer would pass {limit} bytes (the server's limit) at crop {k + 1} "
+                    f"of {len(out)}: ask for fewer faces (max_faces), smaller crops, or "
+                    "crop_format=jpeg"
+                )
+
+
+def _answer(result: Detection | ImageError, options: Options) -> list[dict] | ImageError:
+    """One image's JSON faces, or the error that image (or its answer) ends in."""
+    if isinstance(result, ImageError):
+        return result
+    try:
+        return result.to_json(options)
+    except ImageError as exc:
+        return exc
 
 
 class Detector:
@@ -209,7 +233,7 @@ class Detector:
             per_image = list(options)
         results = self.detect_raw(blobs, timings, any(o.crops for o in per_image))
         t0 = time.perf_counter()
-        out = [r if isinstance(r, ImageError) else r.to_json(o) for r, o in zip(results, per_image)]
+        out = [_answer(r, o) for r, o in zip(results, per_image)]
         if timings is not None:
             timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t0
         return out

@@ -26,6 +26,12 @@ class OptionError(ImageError):
     """A request option that is unknown or out of range (answered 400)."""
 
 
+class AnswerTooLarge(ImageError):
+    """An answer (its crops, mostly) over the server's byte budget (answered 413)."""
+
+    status = 413
+
+
 @dataclass(frozen=True)
 class Options:
     """What one request asked for beyond the default answer."""
@@ -36,6 +42,9 @@ class Options:
     crops: int | None = None  # add each face aligned to the ArcFace template, this many px square
     crop_format: str = "jpeg"  # jpeg | png
     crop_quality: int = 95  # JPEG quality
+    # Set by the server, never by a request: the most bytes this image's JSON answer may take
+    # (TorchServe drops a worker whose answer passes its max_response_size).
+    answer_bytes: int | None = None
 
     @property
     def filters(self) -> bool:

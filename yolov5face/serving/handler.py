@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,14 @@ from yolov5face.serving.busy_board import usable_cores
 from yolov5face.serving.engines import served_backend, served_batch
 from yolov5face.serving.malloc_tuning import keep_freed_buffers
 from yolov5face.serving.requests import (
+    DEFAULT_MAX_ANSWER_BYTES,
     DEFAULT_MAX_IMAGES,
     RAW,
     V1,
     Request,
     RequestError,
+    answer_share,
+    answer_too_large,
     answer_v1,
     answer_v2,
     envelope_item,
@@ -100,6 +105,7 @@ class FaceDetectionHandler:
         self.splitter: BatchSplitter | None = None
         self.model_name = "fd1"
         self.budget = (DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS)  # per request: images, pixels
+        self.max_answer_bytes = DEFAULT_MAX_ANSWER_BYTES
 
     def initialize(self, context: Any) -> None:
         """Build the Detector from the archived model and warm it up."""
@@ -133,6 +139,7 @@ class FaceDetectionHandler:
             int(config.get("max_images", DEFAULT_MAX_IMAGES)),
             int(config.get("max_pixels", DEFAULT_MAX_PIXELS)),
         )
+        self.max_answer_bytes = answer_limit(config)
         cores = usable_cores()
         split = _flag(config, "split_batches", "YOLOV5FACE_SPLIT_BATCHES")
         if split and cores > 1 and self.detector.backend.on_cpu:
@@ -201,14 +208,22 @@ class FaceDetectionHandler:
                 request.error, request.images = refused, []
         options = [self._options(request) for request in requests]
         images = [image for request in requests for image in request.images]
-        per_image = [o for request, o in zip(requests, options) for _ in request.images]
+        per_image = [
+            replace(o, answer_bytes=answer_share(self.max_answer_bytes, len(request.images)))
+            for request, o in zip(requests, options)
+            for _ in request.images
+        ]
         results, timings, parts = self._detect(images, per_image)
         out, at = [], 0
         for idx, request in enumerate(requests):
             mine = results[at : at + len(request.images)]
             at += len(request.images)
             context.set_response_content_type(idx, "application/json")
-            out.append(json.dumps(self._answer(request, mine, context, idx)).encode())
+            body = json.dumps(self._answer(request, mine, context, idx)).encode()
+            if len(body) > self.max_answer_bytes:  # TorchServe would drop the worker instead
+                request.error = answer_too_large(len(body), self.max_answer_bytes)
+                body = json.dumps(self._answer(request, mine, context, idx)).encode()
+            out.append(body)
         bad = sum(isinstance(r, ImageError) for r in results)
         self._record(timings, len(images), bad, parts > 1)
         logger.debug("batch of %d in %.1f ms", len(data), (time.perf_counter() - start) * 1e3)
@@ -266,9 +281,19 @@ class FaceDetectionHandler:
             context.set_response_status(failed.status, str(failed), idx=0)
         bad = sum(isinstance(r, ImageError) for r in results)
         self._record(timings, len(images), bad, parts > 1)
-        if v2:
-            return [v2_element(r) for r in results]
-        return answer_v1(results)["predictions"]
+        answer = [v2_element(r) for r in results] if v2 else answer_v1(results)["predictions"]
+        size = len(json.dumps(answer))
+        if size > answer_share(self.max_answer_bytes, 1):  # room for the envelope's wrapping
+            return _envelope_error(answer_too_large(size, self.max_answer_bytes), v2, context)
+        return answer
+
+
+def answer_limit(config: dict) -> int:
+    """Bytes one answer may take: `handler.max_answer_bytes`, or TorchServe's own
+    `TS_MAX_RESPONSE_SIZE` when that is set lower (the frontend enforces the smaller)."""
+    limit = int(config.get("max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES))
+    frontend = os.environ.get("TS_MAX_RESPONSE_SIZE", "").strip()
+    return min(limit, int(frontend)) if frontend.isdigit() else limit
 
 
 def _envelope_error(exc: ImageError, v2: bool, context: Any) -> list:

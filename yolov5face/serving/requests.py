@@ -23,6 +23,7 @@ from typing import Any
 
 from yolov5face.pipeline.decode import ImageError, image_size
 from yolov5face.pipeline.options import NAMES as OPTION_NAMES
+from yolov5face.pipeline.options import AnswerTooLarge
 
 RAW, V1, V2 = "raw", "v1", "v2"
 # Field names real clients use for the image: raw body ("body"), gRPC input key and form
@@ -36,6 +37,12 @@ _MAX_B64 = 64 * 1024 * 1024
 _PART_OVERHEAD = 1024
 # Images one request may carry (handler.max_images in model-config.yaml overrides).
 DEFAULT_MAX_IMAGES = 32
+# Bytes one answer may take: TorchServe's max_response_size in config.properties. The frontend
+# drops the worker (and so its whole batch) that sends a longer answer.
+DEFAULT_MAX_ANSWER_BYTES = 6_553_500
+# Room in that budget for the protocol's wrapping of a request's images (v1 "predictions",
+# v2 outputs with each image's JSON escaped into a string).
+_WRAPPING = 4096
 # A body TorchServe left as bytes that holds a JSON object (JSON whitespace may lead).
 _JSON_OBJECT = re.compile(rb"[ \t\r\n]*\{")
 
@@ -290,6 +297,19 @@ def over_budget(
             413,
         )
     return None
+
+
+def answer_share(limit: int, images: int) -> int:
+    """Bytes each of a request's `images` may take so that its whole answer fits `limit`."""
+    return max(0, limit - _WRAPPING) // max(1, images)
+
+
+def answer_too_large(size: int, limit: int) -> AnswerTooLarge:
+    """The 413 of a request whose answer came out longer than the server may send."""
+    return AnswerTooLarge(
+        f"the answer would take {size} bytes, over the server's limit of {limit}: ask for "
+        "fewer images or faces (max_faces), smaller crops, or crop_format=jpeg"
+    )
 
 
 def is_envelope_row(row: Any) -> bool:
