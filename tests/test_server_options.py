@@ -176,3 +176,13 @@ def test_answer_over_the_response_limit_is_its_own_413_and_no_worker_dies(
     resp = requests.put(invoke(server), data=crowd, params={"crops": "112"}, timeout=60)
     assert resp.status_code == 200 and len(resp.json()) >= 350
     assert all("crop" in face for face in resp.json())
+
+
+def test_grpc_client_takes_answers_over_grpcs_4_mb_default(server, crowd):
+    """110 crops of 512 px (~5.1 MB of JSON): under the server's 6.5 MB answer limit, over the
+    4 MB a gRPC channel accepts by default."""
+    from yolov5face.tools.client import GrpcClient
+
+    with GrpcClient(server.grpc) as client:
+        faces = client.detect(crowd, {"crops": 512, "max_faces": 110}, decode=False)
+    assert len(faces) == 110 and len(json.dumps(faces)) > 4 * 1024 * 1024

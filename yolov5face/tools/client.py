@@ -194,6 +194,9 @@ def grpc_modules(cache: Path | None = None) -> tuple[ModuleType, ModuleType]:
     return importlib.import_module("inference_pb2"), importlib.import_module("inference_pb2_grpc")
 
 
+GRPC_MESSAGE_BYTES = 64 * 1024 * 1024  # above any answer or body the server takes
+
+
 class GrpcClient:
     """TorchServe gRPC inference client: `Predictions` with the bytes under input key `data`."""
 
@@ -207,7 +210,13 @@ class GrpcClient:
         import grpc
 
         self._pb2, pb2_grpc = grpc_modules()
-        self.channel = grpc.insecure_channel(target)
+        # gRPC's 4 MB default receive limit is below the server's answer limit (6.5 MB) and
+        # its send limit below max_request_size (20 MiB): a large answer would fail here.
+        limits = [
+            ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES),
+        ]
+        self.channel = grpc.insecure_channel(target, options=limits)
         self.stub = pb2_grpc.InferenceAPIsServiceStub(self.channel)
         self.model = model
         self.timeout = timeout

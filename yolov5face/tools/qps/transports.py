@@ -239,14 +239,18 @@ async def run_grpc(
     """Run the levels over TorchServe's gRPC `Predictions` (bytes under input key `data`)."""
     import grpc
 
-    from yolov5face.tools.client import grpc_modules
+    from yolov5face.tools.client import GRPC_MESSAGE_BYTES, grpc_modules
 
     pb2, pb2_grpc = grpc_modules()
     parts = urlsplit(url if "//" in url else f"//{url}")
     target = f"{parts.hostname}:{parts.port or 7070}"
     results = []
     for concurrency in levels:
-        async with grpc.aio.insecure_channel(target) as channel:
+        limits = [
+            ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES),
+        ]
+        async with grpc.aio.insecure_channel(target, options=limits) as channel:
             stub = pb2_grpc.InferenceAPIsServiceStub(channel)
 
             async def send(blob: bytes, stub: Any = stub) -> tuple[int | str, bytes]:
