@@ -217,6 +217,38 @@ def test_fill_bytes_and_standalone_markers_are_stepped_over(extra):
     assert np.array_equal(decode_image(data), _opencv(jpeg))
 
 
+def test_a_long_run_of_fill_bytes_is_stepped_over_at_once():
+    jpeg = _jpeg()
+    for run in (b"\xff" * 100_000 + b"\xfe\x00\x02", b"\xff" * 3):  # before a COM, before SOF
+        data = _after_soi(jpeg, run)
+        assert image_size(data) == ("jpeg", 80, 48)
+        assert np.array_equal(decode_image(data), _opencv(jpeg))
+    with pytest.raises(ImageError, match="header ends before the image data"):
+        image_size(b"\xff\xd8" + b"\xff" * 100_000)
+
+
+def test_markers_before_the_scan_are_bounded():
+    """A header may carry up to 1024 markers (real ones: tens); 20 MiB of tiny segments or RST
+    markers used to be walked one by one, seconds of a worker's CPU."""
+    jpeg = _jpeg()
+
+    def walks(extra: int) -> bool:
+        try:
+            image_size(_after_soi(jpeg, b"\xff\xd0" * extra))
+        except ImageError:
+            return False
+        return True
+
+    most = next(k for k in range(1024, 0, -1) if walks(k))
+    assert 1024 - 20 <= most <= 1024 - 2  # the JPEG's own DQT, SOF, DHT... and SOS count too
+    data = _after_soi(jpeg, b"\xff\xd0" * most)  # exactly at the bound: decoded as ever
+    assert np.array_equal(decode_image(data), _opencv(jpeg))
+    assert not walks(most + 1)
+    for extra in (b"\xff\xd0", _segment(0xFE, b"")):
+        with pytest.raises(ImageError, match="more than 1024 markers before the image data"):
+            image_size(_after_soi(jpeg, extra * 1024))
+
+
 def test_a_marker_outside_the_standalone_set_carries_a_length():
     """SOI (0xD8), just past RST7, is walked as a segment like any other marker."""
     data = _header(_segment(0xD8, b""), _segment(0xC0, _sof_payload()), _sos())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import struct
 from typing import Any
 
@@ -13,6 +14,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
+# Markers a JPEG may carry before its first scan. Real headers have tens (an ICC profile split
+# over many APP2 segments: ~100); without a bound, 20 MiB of 4-byte segments or 2-byte RST
+# markers walked in Python held a worker for seconds and still ended in a 400.
+_MAX_HEADER_MARKERS = 1024
+_FILL = re.compile(rb"\xff+")
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -48,15 +54,20 @@ def _jpeg_header(data: bytes) -> tuple[int, int, bool]:
     `upright` is True when the image carries no EXIF rotation (OpenCV applies orientations
     2-8): no Exif segment, or exactly one that parses cleanly with orientation absent or 1.
     """
-    i, n, size = 2, len(data), None
+    i, n, size, markers = 2, len(data), None, 0
     orientations: list[int | None] = []
     while i + 4 <= n:
         if data[i] != 0xFF:
             raise ImageError("corrupt JPEG: bad marker")
         marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
+        if marker == 0xFF:  # fill bytes: skip the whole run, up to the marker's own 0xFF
+            i = _FILL.match(data, i).end() - 1  # type: ignore[union-attr]
             continue
+        markers += 1
+        if markers > _MAX_HEADER_MARKERS:
+            raise ImageError(
+                f"corrupt JPEG: more than {_MAX_HEADER_MARKERS} markers before the image data"
+            )
         if marker in (0x01, *range(0xD0, 0xD8)):
             i += 2
             continue
@@ -67,10 +78,13 @@ def _jpeg_header(data: bytes) -> tuple[int, int, bool]:
             height, width = struct.unpack(">HH", data[i + 5 : i + 9])
             size = (width, height)
         if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
-            try:
-                orientations.append(_exif_orientation(data[i + 4 : i + 2 + length]))
-            except (KeyError, ValueError, struct.error):
+            if orientations:  # a second Exif segment: not upright, whatever it says
                 orientations.append(-1)
+            else:
+                try:
+                    orientations.append(_exif_orientation(data[i + 4 : i + 2 + length]))
+                except (KeyError, ValueError, struct.error):
+                    orientations.append(-1)
         if marker == 0xDA:  # start of scan: entropy-coded data follows
             if size is None:
                 raise ImageError("corrupt JPEG: no frame header before the scan")
