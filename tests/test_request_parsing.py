@@ -360,9 +360,15 @@ def test_json_bodies_torchserve_did_not_decode_are_parsed(body):
     assert (request.protocol, request.images) == (V1, [JPEG])
 
 
-def test_bytes_that_only_look_like_json_are_a_raw_image():
-    request = parse_request({"body": b'{"instances": [}'})
-    assert (request.protocol, request.images) == (RAW, [b'{"instances": [}'])
+@pytest.mark.parametrize(
+    "body",
+    [b'{"instances": [}', b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"],
+    ids=["broken", "nested-past-the-parser"],
+)
+def test_bytes_that_only_look_like_json_are_a_raw_image(body):
+    """Deep nesting used to raise RecursionError out of the parser: the whole batch failed."""
+    request = parse_request({"body": body})
+    assert (request.protocol, request.images) == (RAW, [body])
 
 
 # --------------------------------------------------------------------------

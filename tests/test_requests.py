@@ -184,6 +184,31 @@ def test_bad_kserve_request_leaves_batch_mates_alone(server, blobs, goldens):
 
 @pytest.mark.server
 @pytest.mark.slow
+@pytest.mark.parametrize("content_type", ["application/json", "application/octet-stream"])
+def test_json_nested_past_the_parser_is_its_own_400(server, blobs, goldens, content_type):
+    """100,000 nested arrays used to raise RecursionError in the handler: its batch-mates got
+    503 "Prediction failed" with it."""
+    deep = b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    def send(k: int) -> requests.Response:
+        url = f"{server.http}/predictions/fd1"
+        if k % 4:
+            return requests.put(url, data=blobs["zidane.jpg"], timeout=60)
+        return requests.post(url, data=deep, headers={"Content-Type": content_type}, timeout=60)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(16)))
+    for k, resp in enumerate(answers):
+        if k % 4:
+            assert resp.status_code == 200, resp.text
+            assert golden_problems(goldens["zidane.jpg"], resp.json()) == []
+        else:
+            assert resp.status_code == 400, resp.text
+            assert "not an image" in resp.json()["error"]
+
+
+@pytest.mark.server
+@pytest.mark.slow
 @pytest.mark.parametrize("fields", [("data", "file"), ("data", "data")], ids=["two", "same"])
 def test_multipart_with_two_files_gets_400(server, blobs, fields):
     """Issue 23.8: the second file used to be dropped without a word (200 for the first)."""

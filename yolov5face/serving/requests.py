@@ -222,7 +222,7 @@ def _json_body(row: dict) -> Any:
     if isinstance(body, (bytes, bytearray)) and _JSON_OBJECT.match(body):
         try:  # a JSON body TorchServe did not decode (TS_DECODE_INPUT_REQUEST=false)
             return json.loads(bytes(body))
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth: not a request
             return None
     return body
 
