@@ -169,6 +169,30 @@ def test_max_pixels_is_inclusive():
         decode_image(data, max_pixels=255)
 
 
+def test_a_side_past_opencvs_bound_is_refused_not_raised():
+    """A BMP header of 1114112 x 1 (1.1 MP, under max_pixels): OpenCV asserts on a side over
+    2**20 and raised cv2.error out of the decoder, failing the whole batch (found by fuzzing)."""
+    header = b"BM" + bytes(12) + struct.pack("<IiiHH", 40, 1_114_112, 1, 1, 24) + bytes(24)
+    with pytest.raises(ImageError, match=r"^image too large: 1114112x1 \(at most 1048576 "):
+        decode_image(header)
+    widest = cv2.imencode(".bmp", np.zeros((1, 1 << 20, 3), np.uint8))[1].tobytes()
+    assert decode_image(widest).shape == (1, 1 << 20, 3)  # the bound itself is accepted
+
+
+def test_os2_bitmap_sides_are_16_bit():
+    """An OS/2 1.x BMP (12-byte core header) was read as a Windows one: 131075x1572865."""
+    row = bytes([10, 20, 30] * 3) + bytes(3)  # 3 pixels, padded to 4 bytes
+    data = (
+        b"BM"
+        + struct.pack("<IHHI", 26 + 2 * len(row), 0, 0, 26)
+        + struct.pack("<IHHHH", 12, 3, 2, 1, 24)
+        + row * 2
+    )
+    assert image_size(data) == ("bmp", 3, 2)
+    assert np.array_equal(decode_image(data), _opencv(data))
+    assert decode_image(data)[0, 0].tolist() == [10, 20, 30]
+
+
 def test_empty_body_is_refused():
     for empty in (b"", bytearray(), memoryview(b"")):
         with pytest.raises(ImageError, match="^empty body: expected image bytes$"):

@@ -25,12 +25,15 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from yolov5face.pipeline.decode import DEFAULT_MAX_PIXELS, ImageError, decode_with_size  # noqa: E402
+from yolov5face.pipeline.options import OptionError, parse_options  # noqa: E402
 from yolov5face.serving.requests import (  # noqa: E402
+    DEFAULT_MAX_IMAGES,
     V2,
     answer_v1,
     answer_v2,
     envelope_item,
     is_envelope_row,
+    over_budget,
     parse_request,
 )
 
@@ -64,6 +67,9 @@ def decode(image: bytes) -> None:
 def target(row, headers: dict | None) -> None:
     """What the handler does with one row, up to decoding (no model)."""
     request = parse_request(row, headers)
+    with contextlib.suppress(OptionError):
+        parse_options(request.options)
+    over_budget(request.images, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS)
     for image in request.images:
         if isinstance(image, bytes):
             decode(image)
@@ -150,7 +156,8 @@ def rows(draw):
     elif kind == "json_bytes":
         row = {"body": json.dumps(draw(json_body)).encode()}
     elif kind == "multipart":
-        names = draw(st.lists(st.sampled_from(["data", "file", "image", "x", "a b"]), max_size=3))
+        fields = ["data", "file", "image", "x", "a b", "crops", "max_faces", "conf", "min_size"]
+        names = draw(st.lists(st.sampled_from(fields), max_size=3))
         row = {n: draw(st.one_of(raw_bytes, st.text(max_size=8))) for n in names}
         for name in row:
             if draw(st.booleans()):

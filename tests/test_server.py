@@ -190,6 +190,26 @@ def test_image_over_max_pixels_gets_its_own_400(server, expected, check):
     check("zidane.jpg", good.json())
 
 
+def test_image_wider_than_opencv_reads_gets_its_own_400(server, expected, check):
+    """A BMP header of 1114112 x 1 (under max_pixels, over OpenCV's 2**20 a side): OpenCV's
+    assertion used to escape the decoder and fail the whole batch (503 for its batch-mates)."""
+    import struct
+
+    wide = b"BM" + bytes(12) + struct.pack("<IiiHH", 40, 1_114_112, 1, 1, 24) + bytes(24)
+    blobs, _ = expected
+    bodies = [wide, blobs["zidane.jpg"]] * 4
+    with cf.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda body: predict(server, body), bodies))
+    for body, resp in zip(bodies, answers):
+        if body is wide:
+            assert resp.status_code == 400, resp.text
+            error = "image too large: 1114112x1 (at most 1048576 pixels a side)"
+            assert resp.json() == {"error": error}
+        else:
+            assert resp.status_code == 200, resp.text
+            check("zidane.jpg", resp.json())
+
+
 def test_64_concurrent_mixed_requests(server, expected, check, images):
     blobs, _ = expected
     bad = [(images / "bad_image.jpg").read_bytes(), b"", blobs["bus.jpg"][:1000]]

@@ -13,6 +13,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# OpenCV's own bound on either side (CV_IO_MAX_IMAGE_WIDTH/HEIGHT): it raises cv2.error past it.
+MAX_SIDE = 1 << 20
 
 # Markers a JPEG may carry before its first scan. Real headers have tens (an ICC profile split
 # over many APP2 segments: ~100); without a bound, 20 MiB of 4-byte segments or 2-byte RST
@@ -115,6 +117,9 @@ def _other_size(data: bytes) -> tuple[str, int, int]:
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
         width, height = struct.unpack(">II", data[16:24])
         return "png", width, height
+    if data[:2] == b"BM" and len(data) >= 22 and data[14:18] == b"\x0c\x00\x00\x00":
+        width, height = struct.unpack("<HH", data[18:22])  # OS/2 1.x core header: 16-bit sides
+        return "bmp", width, height
     if data[:2] == b"BM" and len(data) >= 26:
         width, height = struct.unpack("<ii", data[18:26])
         return "bmp", abs(width), abs(height)
@@ -200,6 +205,8 @@ def decode_with_size(
         raise ImageError(
             f"image too large: {width}x{height} = {width * height} pixels (limit {max_pixels})"
         )
+    if max(width, height) > MAX_SIDE:
+        raise ImageError(f"image too large: {width}x{height} (at most {MAX_SIDE} pixels a side)")
     flags = cv2.IMREAD_COLOR
     if min_side and fmt == "jpeg":
         factor = reduction_factor(width, height, min_side)
@@ -211,7 +218,10 @@ def decode_with_size(
         }[factor]
     image = _decode_turbo(data) if upright and flags == cv2.IMREAD_COLOR else None
     if image is None:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        except cv2.error:  # a header OpenCV refuses by assertion rather than by returning None
+            image = None
     if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
         raise ImageError(f"cannot decode {fmt} image: corrupt or truncated data")
     if flags == cv2.IMREAD_COLOR:
