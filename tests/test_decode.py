@@ -191,6 +191,22 @@ def test_os2_bitmap_sides_are_16_bit():
     assert image_size(data) == ("bmp", 3, 2)
     assert np.array_equal(decode_image(data), _opencv(data))
     assert decode_image(data)[0, 0].tolist() == [10, 20, 30]
+    assert image_size(data[:22]) == ("bmp", 3, 2)  # the core header's minimum length
+    with pytest.raises(ImageError, match="unrecognised format"):
+        image_size(data[:21])
+    wide = data[:18] + struct.pack("<HH", 40_000, 2) + data[22:]
+    assert image_size(wide) == ("bmp", 40_000, 2)  # unsigned: not -25536
+
+
+def test_opencv_refusing_a_header_by_assertion_is_a_400(monkeypatch):
+    """With our own side bound out of the way, OpenCV's assertion on a 1114112-wide BMP is
+    caught as an undecodable image, not raised as cv2.error."""
+    from yolov5face.pipeline import decode
+
+    monkeypatch.setattr(decode, "MAX_SIDE", 1 << 22)
+    header = b"BM" + bytes(12) + struct.pack("<IiiHH", 40, 1_114_112, 1, 1, 24) + bytes(24)
+    with pytest.raises(ImageError, match=r"^cannot decode bmp image: corrupt or truncated data$"):
+        decode_image(header)
 
 
 def test_empty_body_is_refused():
@@ -255,19 +271,17 @@ def test_markers_before_the_scan_are_bounded():
     """A header may carry up to 1024 markers (real ones: tens); 20 MiB of tiny segments or RST
     markers used to be walked one by one, seconds of a worker's CPU."""
     jpeg = _jpeg()
-
-    def walks(extra: int) -> bool:
-        try:
-            image_size(_after_soi(jpeg, b"\xff\xd0" * extra))
-        except ImageError:
-            return False
-        return True
-
-    most = next(k for k in range(1024, 0, -1) if walks(k))
-    assert 1024 - 20 <= most <= 1024 - 2  # the JPEG's own DQT, SOF, DHT... and SOS count too
-    data = _after_soi(jpeg, b"\xff\xd0" * most)  # exactly at the bound: decoded as ever
+    own, i = 0, 2  # the JPEG's own markers up to and including its SOS (it has no fill bytes)
+    while True:
+        own += 1
+        if jpeg[i + 1] == 0xDA:
+            break
+        i += 2 + struct.unpack(">H", jpeg[i + 2 : i + 4])[0]
+    assert 5 <= own <= 20  # APP0, DQT, SOF0, DHT..., SOS
+    data = _after_soi(jpeg, b"\xff\xd0" * (1024 - own))  # exactly at the bound
     assert np.array_equal(decode_image(data), _opencv(jpeg))
-    assert not walks(most + 1)
+    with pytest.raises(ImageError, match="more than 1024 markers before the image data"):
+        image_size(_after_soi(jpeg, b"\xff\xd0" * (1024 - own + 1)))
     for extra in (b"\xff\xd0", _segment(0xFE, b"")):
         with pytest.raises(ImageError, match="more than 1024 markers before the image data"):
             image_size(_after_soi(jpeg, extra * 1024))

@@ -621,15 +621,18 @@ def test_answer_share_leaves_room_for_the_wrapping_and_splits_the_rest():
     assert answer_share(6_553_500, 1) == 6_553_500 - 4096
     assert answer_share(6_553_500, 2) == (6_553_500 - 4096) // 2
     assert answer_share(6_553_500, 0) == 6_553_500 - 4096  # a refused request keeps no images
-    assert answer_share(100, 3) == 0
+    assert answer_share(6_553_500, 3) == 2_183_134  # whole bytes: 6549404 / 3 rounded down
+    assert answer_share(100, 1) == 0
 
 
 def test_answer_too_large_is_413_naming_size_limit_and_the_ways_out():
     from yolov5face.serving.requests import answer_too_large
 
     exc = answer_too_large(7_000_000, 6_553_500)
-    assert exc.status == 413 and "7000000 bytes" in str(exc) and "limit of 6553500" in str(exc)
-    assert "max_faces" in str(exc) and "crop_format=jpeg" in str(exc)
+    assert exc.status == 413 and str(exc) == (
+        "the answer would take 7000000 bytes, over the server's limit of 6553500: ask for fewer "
+        "images or faces (max_faces), smaller crops, or crop_format=jpeg"
+    )
 
 
 @pytest.mark.parametrize(
