@@ -471,6 +471,7 @@ def test_token_authorization_mode(tmp_path, weights, model_store, expected, chec
                 time.sleep(0.5)
         inference_key = keys["inference"]["key"]
         management_key = keys["management"]["key"]
+        assert key_file.stat().st_mode & 0o077 == 0  # TorchServe writes it 0600: keys stay private
         auth = {"Authorization": f"Bearer {management_key}"}
         while time.monotonic() < deadline:
             try:
