@@ -287,6 +287,27 @@ def test_markers_before_the_scan_are_bounded():
             image_size(_after_soi(jpeg, extra * 1024))
 
 
+def _scans(jpeg: bytes) -> list[bytes]:
+    """Each scan of a JPEG: from its SOS marker to the next scan, the EOI or a table."""
+    starts = [m.start() for m in re.finditer(rb"\xff\xda", jpeg)]
+    return [jpeg[a:b] for a, b in zip(starts, [*starts[1:], len(jpeg) - 2])]
+
+
+def test_scans_are_bounded():
+    """32 scans at most: each is a pass over the whole image, and a body could repeat a 14-byte
+    refinement scan a million times (1000 of them: 8.5 s of CPU on a 4 MP image)."""
+    jpeg = _jpeg(64, 64, progressive=True)
+    last = _scans(jpeg)[-1]
+    assert len(_scans(jpeg)) == 10  # libjpeg's default progression
+    at_bound = jpeg[:-2] + last * 22 + b"\xff\xd9"
+    assert decode_image(at_bound).shape == (64, 64, 3)
+    with pytest.raises(ImageError, match=r"^JPEG with 33 scans; at most 32 are accepted$"):
+        image_size(jpeg[:-2] + last * 23 + b"\xff\xd9")
+    # FF DA inside a segment before the first scan (a thumbnail, any APP payload) is no scan
+    padded = _after_soi(jpeg, _segment(0xE2, b"\xff\xda" * 40))
+    assert np.array_equal(decode_image(padded), decode_image(jpeg))
+
+
 def test_a_marker_outside_the_standalone_set_carries_a_length():
     """SOI (0xD8), just past RST7, is walked as a segment like any other marker."""
     data = _header(_segment(0xD8, b""), _segment(0xC0, _sof_payload()), _sos())

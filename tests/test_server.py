@@ -210,6 +210,34 @@ def test_image_wider_than_opencv_reads_gets_its_own_400(server, expected, check)
             check("zidane.jpg", resp.json())
 
 
+def test_jpeg_with_thousands_of_scans_gets_its_own_400(server, expected, check):
+    """A 4 MP progressive JPEG with its last scan repeated 5000 times (+3 MB): each scan is a
+    pass over the image, ~40 s of decoding, so TorchServe killed the worker at its 30 s
+    response timeout and its batch-mates got 500 with it."""
+    import re
+
+    import cv2
+    import numpy as np
+
+    noise = np.random.default_rng(0).integers(0, 255, (250, 250, 3), np.uint8)
+    image = cv2.resize(noise, (2000, 2000), interpolation=cv2.INTER_NEAREST)
+    params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
+    jpeg = cv2.imencode(".jpg", image, params)[1].tobytes()
+    last = jpeg[[m.start() for m in re.finditer(rb"\xff\xda", jpeg)][-1] : -2]
+    bomb = jpeg[:-2] + last * 5000 + b"\xff\xd9"
+    blobs, _ = expected
+    bodies = [bomb, blobs["zidane.jpg"]] * 2
+    with cf.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda body: predict(server, body), bodies))
+    for body, resp in zip(bodies, answers):
+        if body is bomb:
+            assert resp.status_code == 400, resp.text
+            assert resp.json() == {"error": "JPEG with 5010 scans; at most 32 are accepted"}
+        else:
+            assert resp.status_code == 200, resp.text
+            check("zidane.jpg", resp.json())
+
+
 def test_64_concurrent_mixed_requests(server, expected, check, images):
     blobs, _ = expected
     bad = [(images / "bad_image.jpg").read_bytes(), b"", blobs["bus.jpg"][:1000]]
