@@ -216,7 +216,10 @@ def test_multipart_body_length_allows_1024_bytes_per_part_and_one_more():
     limit = carried + 1024 * 3
     assert request_bytes(row, {**headers, "Content-Length": f" {limit} "}) == JPEG
     assert request_bytes(row, {**headers, "Content-Length": "many"}) == JPEG
-    message = "multipart body repeats a field; send one image per request"
+    message = (
+        "multipart body has parts that did not reach the model (a repeated field, or too many "
+        "fields); send one image per request"
+    )
     with pytest.raises(RequestError, match=exact(message)) as err:
         request_bytes(row, {**headers, "content-length": str(limit + 1)})
     assert err.value.status == 400

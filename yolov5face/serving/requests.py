@@ -117,7 +117,10 @@ def _check_multipart(row: dict, headers: dict | None) -> None:
     length = _header(headers, "content-length").strip()
     carried = sum(len(k) + len(v) for k, v in row.items() if isinstance(v, (bytes, bytearray, str)))
     if length.isdigit() and int(length) > carried + _PART_OVERHEAD * (len(row) + 1):
-        raise RequestError("multipart body repeats a field; send one image per request")
+        raise RequestError(
+            "multipart body has parts that did not reach the model (a repeated field, or too "
+            "many fields); send one image per request"
+        )
 
 
 def request_bytes(row: Any, headers: dict | None = None) -> bytes:
