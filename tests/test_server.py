@@ -190,24 +190,30 @@ def test_image_over_max_pixels_gets_its_own_400(server, expected, check):
     check("zidane.jpg", good.json())
 
 
+def _own_400_beside_goldens(server, expected, check, bad: bytes, error: str, rounds: int) -> None:
+    """`bad` and zidane.jpg sent side by side `rounds` times (so they share batches): `bad`
+    gets its own 400 with `error`, every zidane.jpg its golden answer."""
+    blobs, _ = expected
+    bodies = [bad, blobs["zidane.jpg"]] * rounds
+    with cf.ThreadPoolExecutor(2 * rounds) as pool:
+        answers = list(pool.map(lambda body: predict(server, body), bodies))
+    for body, resp in zip(bodies, answers):
+        if body is bad:
+            assert resp.status_code == 400, resp.text
+            assert resp.json() == {"error": error}
+        else:
+            assert resp.status_code == 200, resp.text
+            check("zidane.jpg", resp.json())
+
+
 def test_image_wider_than_opencv_reads_gets_its_own_400(server, expected, check):
     """A BMP header of 1114112 x 1 (under max_pixels, over OpenCV's 2**20 a side): OpenCV's
     assertion used to escape the decoder and fail the whole batch (503 for its batch-mates)."""
     import struct
 
     wide = b"BM" + bytes(12) + struct.pack("<IiiHH", 40, 1_114_112, 1, 1, 24) + bytes(24)
-    blobs, _ = expected
-    bodies = [wide, blobs["zidane.jpg"]] * 4
-    with cf.ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda body: predict(server, body), bodies))
-    for body, resp in zip(bodies, answers):
-        if body is wide:
-            assert resp.status_code == 400, resp.text
-            error = "image too large: 1114112x1 (at most 1048576 pixels a side)"
-            assert resp.json() == {"error": error}
-        else:
-            assert resp.status_code == 200, resp.text
-            check("zidane.jpg", resp.json())
+    error = "image too large: 1114112x1 (at most 1048576 pixels a side)"
+    _own_400_beside_goldens(server, expected, check, wide, error, rounds=4)
 
 
 def test_jpeg_with_thousands_of_scans_gets_its_own_400(server, expected, check):
@@ -225,17 +231,8 @@ def test_jpeg_with_thousands_of_scans_gets_its_own_400(server, expected, check):
     jpeg = cv2.imencode(".jpg", image, params)[1].tobytes()
     last = jpeg[[m.start() for m in re.finditer(rb"\xff\xda", jpeg)][-1] : -2]
     bomb = jpeg[:-2] + last * 5000 + b"\xff\xd9"
-    blobs, _ = expected
-    bodies = [bomb, blobs["zidane.jpg"]] * 2
-    with cf.ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda body: predict(server, body), bodies))
-    for body, resp in zip(bodies, answers):
-        if body is bomb:
-            assert resp.status_code == 400, resp.text
-            assert resp.json() == {"error": "JPEG with 5010 scans; at most 32 are accepted"}
-        else:
-            assert resp.status_code == 200, resp.text
-            check("zidane.jpg", resp.json())
+    error = "JPEG with 5010 scans; at most 32 are accepted"
+    _own_400_beside_goldens(server, expected, check, bomb, error, rounds=2)
 
 
 def test_64_concurrent_mixed_requests(server, expected, check, images):
