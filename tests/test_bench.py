@@ -453,3 +453,13 @@ def test_fp16_breaches_name_each_image_and_ap_subset():
         "WIDER hard AP moved by -0.0051 (> 0.005)",
     ]
     assert breaches({"images_off_golden_rule": {}}) == []
+
+
+def test_fp16_study_scores_wider_at_the_evaluation_threshold(detector):
+    """AP is scored at conf 0.02 (README's 92.09 / 82.29 / 56.12), on the same backend, and the
+    caller's detector keeps its serving threshold."""
+    from yolov5face.lab.fp16_study import WIDER_CONF, _scoring
+
+    scoring = _scoring(detector)
+    assert (scoring.conf, detector.conf) == (WIDER_CONF, 0.3) == (0.02, 0.3)
+    assert scoring.backend is detector.backend

@@ -426,13 +426,13 @@ def _add_study_parsers(sub: argparse._SubParsersAction, fmt: type) -> None:
         "fp16",
         help="how far fp16 moves answers and WIDER AP from fp32 (docs/benchmarks.md)",
         epilog="examples:\n  yolov5face bench fp16                 # CPU half kernels, all images\n"
-        "  yolov5face bench fp16 --device cuda   # torch CUDA fp16 on a GPU",
+        "  yolov5face bench fp16 --device cuda   # torch CUDA fp16 on a GPU\n"
+        "exit status: 0 the fp16 contract holds, 1 it is broken (see 'breaches')",
         formatter_class=fmt,
     )
     q.add_argument("--device", default="cpu", help="torch device of the fp16 side (default cpu)")
     q.add_argument("--limit", type=int, default=None, help="first N images only")
     q.add_argument("--no-ap", action="store_true", help="skip the WIDER AP comparison")
-    q.epilog += "\nexit status: 0 the fp16 contract holds, 1 it is broken (see 'breaches')"
     q.set_defaults(func=_cmd_fp16)
 
 
